@@ -65,7 +65,11 @@ pub struct UnknownName {
 
 impl fmt::Display for UnknownName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "unknown {} {:?}; expected one of {}", self.what, self.name, self.expected)
+        write!(
+            f,
+            "unknown {} {:?}; expected one of {}",
+            self.what, self.name, self.expected
+        )
     }
 }
 
@@ -200,10 +204,16 @@ mod tests {
     fn device_kinds_round_trip_through_their_table_names() {
         for k in DeviceKind::ALL {
             assert_eq!(k.table().parse::<DeviceKind>().unwrap(), k);
-            assert_eq!(serde_json::to_string(&k).unwrap(), format!("\"{}\"", k.table()));
+            assert_eq!(
+                serde_json::to_string(&k).unwrap(),
+                format!("\"{}\"", k.table())
+            );
         }
         let err = "heat_pump".parse::<DeviceKind>().unwrap_err().to_string();
-        assert!(err.contains("heat_pump") && err.contains("ev_charger"), "{err}");
+        assert!(
+            err.contains("heat_pump") && err.contains("ev_charger"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -247,7 +247,11 @@ impl TableBuffer {
         if self.open_rows() == 0 {
             return;
         }
-        let columns = self.builders.iter_mut().map(ColumnBuilder::finish).collect();
+        let columns = self
+            .builders
+            .iter_mut()
+            .map(ColumnBuilder::finish)
+            .collect();
         match RecordBatch::try_new(self.arrow_schema(), columns) {
             Ok(batch) => self.frozen.push(batch),
             // Builders are built from the schema they are checked against.
@@ -260,7 +264,11 @@ impl TableBuffer {
     fn batches(&self) -> Vec<RecordBatch> {
         let mut out = self.frozen.clone();
         if self.open_rows() > 0 {
-            let columns = self.builders.iter().map(ColumnBuilder::finish_cloned).collect();
+            let columns = self
+                .builders
+                .iter()
+                .map(ColumnBuilder::finish_cloned)
+                .collect();
             match RecordBatch::try_new(self.arrow_schema(), columns) {
                 Ok(batch) => out.push(batch),
                 Err(e) => tracing::error!(error = %e, "write buffer could not copy a chunk"),
@@ -298,7 +306,10 @@ impl WriteBuffer {
 
     /// Buffered batches of one table.
     pub(crate) fn table_batches(&self, table: &str) -> Vec<RecordBatch> {
-        self.tables.get(table).map(TableBuffer::batches).unwrap_or_default()
+        self.tables
+            .get(table)
+            .map(TableBuffer::batches)
+            .unwrap_or_default()
     }
 
     /// Takes everything out for persisting, leaving the buffer empty.
@@ -338,10 +349,12 @@ mod tests {
     use crate::schema::ColumnDef;
 
     fn schema(cols: &[(&str, ColumnKind)]) -> Arc<TableSchema> {
-        Arc::new(TableSchema::new().extended(cols.iter().map(|(n, k)| ColumnDef {
-            name: n.to_string(),
-            kind: *k,
-        })))
+        Arc::new(
+            TableSchema::new().extended(cols.iter().map(|(n, k)| ColumnDef {
+                name: n.to_string(),
+                kind: *k,
+            })),
+        )
     }
 
     fn row(t: i64, dev: &str, p: f64) -> Row {
@@ -359,7 +372,9 @@ mod tests {
             ("power_w", ColumnKind::Field(FieldType::F64)),
         ]);
         let mut buf = WriteBuffer::default();
-        let rows: Vec<Row> = (0..FREEZE_ROWS as i64 + 3).map(|i| row(i, "a", i as f64)).collect();
+        let rows: Vec<Row> = (0..FREEZE_ROWS as i64 + 3)
+            .map(|i| row(i, "a", i as f64))
+            .collect();
         buf.append(
             &s1,
             &TableWrite {
@@ -372,7 +387,8 @@ mod tests {
             kind: ColumnKind::Field(FieldType::String),
         }]));
         let mut r = row(1_000_000, "b", 1.0);
-        r.fields.push(("status".into(), FieldValue::String("ok".into())));
+        r.fields
+            .push(("status".into(), FieldValue::String("ok".into())));
         buf.append(
             &s2,
             &TableWrite {
@@ -391,7 +407,13 @@ mod tests {
         assert_eq!(buf.rows(), FREEZE_ROWS + 4);
 
         let taken = buf.take();
-        assert_eq!(taken["meter"].iter().map(RecordBatch::num_rows).sum::<usize>(), FREEZE_ROWS + 4);
+        assert_eq!(
+            taken["meter"]
+                .iter()
+                .map(RecordBatch::num_rows)
+                .sum::<usize>(),
+            FREEZE_ROWS + 4
+        );
         assert_eq!(buf.rows(), 0);
         assert!(buf.table_batches("meter").is_empty());
     }

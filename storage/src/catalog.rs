@@ -142,9 +142,11 @@ mod tests {
     fn save_then_load_is_identity_and_leaves_no_temp_file() {
         let dir = tempfile::tempdir().unwrap();
         assert_eq!(Catalog::load(dir.path()).unwrap(), Catalog::default());
-        let mut c = Catalog::default();
-        c.next_file_id = 9;
-        c.wal_persisted_through = 4;
+        let mut c = Catalog {
+            next_file_id: 9,
+            wal_persisted_through: 4,
+            ..Catalog::default()
+        };
         c.tables.insert(
             "meter".into(),
             TableEntry {

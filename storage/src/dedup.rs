@@ -34,7 +34,10 @@ pub(crate) fn last_write_wins(
     let mut duplicates = 0;
     // Walk from the newest row back: the first time a key is seen is its last write.
     for batch in batches.iter().rev() {
-        let keys: Vec<ArrayRef> = key_columns.iter().map(|&i| batch.column(i).clone()).collect();
+        let keys: Vec<ArrayRef> = key_columns
+            .iter()
+            .map(|&i| batch.column(i).clone())
+            .collect();
         let rows = converter.convert_columns(&keys)?;
         let mut keep = vec![false; batch.num_rows()];
         for i in (0..batch.num_rows()).rev() {
@@ -76,9 +79,15 @@ mod tests {
         RecordBatch::try_new(
             schema,
             vec![
-                Arc::new(StringArray::from(rows.iter().map(|r| r.0).collect::<Vec<_>>())),
-                Arc::new(Int64Array::from(rows.iter().map(|r| r.1).collect::<Vec<_>>())),
-                Arc::new(Float64Array::from(rows.iter().map(|r| r.2).collect::<Vec<_>>())),
+                Arc::new(StringArray::from(
+                    rows.iter().map(|r| r.0).collect::<Vec<_>>(),
+                )),
+                Arc::new(Int64Array::from(
+                    rows.iter().map(|r| r.1).collect::<Vec<_>>(),
+                )),
+                Arc::new(Float64Array::from(
+                    rows.iter().map(|r| r.2).collect::<Vec<_>>(),
+                )),
             ],
         )
         .unwrap()
@@ -104,7 +113,11 @@ mod tests {
         let out = last_write_wins(vec![older, newer], &[0, 1]).unwrap();
         assert_eq!(
             values(&out),
-            [("a".into(), 1, 3.0), ("b".into(), 1, 4.0), ("a".into(), 2, 5.0)]
+            [
+                ("a".into(), 1, 3.0),
+                ("b".into(), 1, 4.0),
+                ("a".into(), 2, 5.0)
+            ]
         );
     }
 

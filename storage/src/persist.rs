@@ -9,15 +9,18 @@ use std::path::Path;
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, RecordBatchOptions, TimestampNanosecondArray, new_null_array};
-use arrow::compute::{SortColumn, SortOptions, concat_batches, filter_record_batch, lexsort_to_indices, take_record_batch};
+use arrow::compute::{
+    SortColumn, SortOptions, concat_batches, filter_record_batch, lexsort_to_indices,
+    take_record_batch,
+};
 use arrow::datatypes::{Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use parquet::arrow::ArrowWriter;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ProjectionMask;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::basic::{Compression, ZstdLevel};
-use parquet::file::properties::WriterProperties;
 use parquet::file::metadata::SortingColumn;
+use parquet::file::properties::WriterProperties;
 
 use crate::catalog::ParquetFile;
 use crate::config::StoreConfig;
@@ -33,7 +36,10 @@ const NANOS_PER_DAY: i64 = 86_400 * 1_000_000_000;
 /// `target`'s columns, filling absent ones with nulls.
 pub(crate) fn conform(batch: &RecordBatch, target: &SchemaRef) -> Result<RecordBatch> {
     if batch.schema().fields() == target.fields() {
-        return Ok(RecordBatch::try_new(Arc::clone(target), batch.columns().to_vec())?);
+        return Ok(RecordBatch::try_new(
+            Arc::clone(target),
+            batch.columns().to_vec(),
+        )?);
     }
     let columns: Vec<ArrayRef> = target
         .fields()
@@ -46,24 +52,41 @@ pub(crate) fn conform(batch: &RecordBatch, target: &SchemaRef) -> Result<RecordB
         })
         .collect();
     let options = RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
-    Ok(RecordBatch::try_new_with_options(Arc::clone(target), columns, &options)?)
+    Ok(RecordBatch::try_new_with_options(
+        Arc::clone(target),
+        columns,
+        &options,
+    )?)
 }
 
 /// The `time` column of a batch conformed to a table schema (always column 0).
 fn times(batch: &RecordBatch) -> Option<&TimestampNanosecondArray> {
-    batch.column(0).as_any().downcast_ref::<TimestampNanosecondArray>()
+    batch
+        .column(0)
+        .as_any()
+        .downcast_ref::<TimestampNanosecondArray>()
 }
 
 /// Keeps the rows of `batch` whose time lies in `range`.
-pub(crate) fn filter_time(batch: RecordBatch, time_column: usize, range: TimeRange) -> Result<RecordBatch> {
+pub(crate) fn filter_time(
+    batch: RecordBatch,
+    time_column: usize,
+    range: TimeRange,
+) -> Result<RecordBatch> {
     if range == TimeRange::ALL {
         return Ok(batch);
     }
-    let Some(t) = batch.column(time_column).as_any().downcast_ref::<TimestampNanosecondArray>() else {
+    let Some(t) = batch
+        .column(time_column)
+        .as_any()
+        .downcast_ref::<TimestampNanosecondArray>()
+    else {
         return Ok(batch);
     };
-    let mask: arrow::array::BooleanArray =
-        t.iter().map(|v| v.map(|v| v >= range.min && v <= range.max)).collect();
+    let mask: arrow::array::BooleanArray = t
+        .iter()
+        .map(|v| v.map(|v| v >= range.min && v <= range.max))
+        .collect();
     if mask.true_count() == batch.num_rows() {
         return Ok(batch);
     }
@@ -88,7 +111,10 @@ pub(crate) fn write_table(
     config: &StoreConfig,
 ) -> Result<Vec<ParquetFile>> {
     let target = Arc::clone(schema.arrow_schema());
-    let conformed = batches.iter().map(|b| conform(b, &target)).collect::<Result<Vec<_>>>()?;
+    let conformed = batches
+        .iter()
+        .map(|b| conform(b, &target))
+        .collect::<Result<Vec<_>>>()?;
     let keys: Vec<usize> = schema.tag_positions().chain([0]).collect();
     let deduped = last_write_wins(conformed, &keys)?;
     let all = concat_batches(&target, &deduped)?;
@@ -102,7 +128,11 @@ pub(crate) fn write_table(
         path: data_dir.to_path_buf(),
         reason: format!("table {table}: time column is not a nanosecond timestamp"),
     })?;
-    let mut days: Vec<i64> = t.values().iter().map(|v| v.div_euclid(NANOS_PER_DAY)).collect();
+    let mut days: Vec<i64> = t
+        .values()
+        .iter()
+        .map(|v| v.div_euclid(NANOS_PER_DAY))
+        .collect();
     days.sort_unstable();
     days.dedup();
 
@@ -116,7 +146,15 @@ pub(crate) fn write_table(
         let part = filter_record_batch(&sorted, &mask)?;
         let id = *next_file_id;
         *next_file_id += 1;
-        files.push(write_file(data_dir, table, &day_name(day), id, &part, schema, config)?);
+        files.push(write_file(
+            data_dir,
+            table,
+            &day_name(day),
+            id,
+            &part,
+            schema,
+            config,
+        )?);
     }
     Ok(files)
 }
@@ -162,7 +200,9 @@ fn write_file(
         })
         .collect();
     let props = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::try_new(config.parquet_zstd_level)?))
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(
+            config.parquet_zstd_level,
+        )?))
         .set_max_row_group_row_count(Some(config.parquet_row_group_rows.max(1)))
         .set_sorting_columns(Some(sorting))
         .set_dictionary_enabled(true)
@@ -171,8 +211,12 @@ fn write_file(
     let mut writer = ArrowWriter::try_new(file, batch.schema(), Some(props))?;
     writer.write(batch)?;
     let file = writer.into_inner()?;
-    file.sync_all().map_err(Error::io("fsync Parquet file", &path))?;
-    let size_bytes = file.metadata().map_err(Error::io("stat Parquet file", &path))?.len();
+    file.sync_all()
+        .map_err(Error::io("fsync Parquet file", &path))?;
+    let size_bytes = file
+        .metadata()
+        .map_err(Error::io("stat Parquet file", &path))?
+        .len();
     sync_dir(&dir)?;
 
     let t = times(batch);
@@ -194,7 +238,11 @@ fn write_file(
 }
 
 /// Reads the columns of `wanted` that the file has; the caller conforms the rest.
-pub(crate) fn read_file(data_dir: &Path, file: &ParquetFile, wanted: &Schema) -> Result<Vec<RecordBatch>> {
+pub(crate) fn read_file(
+    data_dir: &Path,
+    file: &ParquetFile,
+    wanted: &Schema,
+) -> Result<Vec<RecordBatch>> {
     let path = data_dir.join(&file.path);
     let f = File::open(&path).map_err(Error::io("open Parquet file", &path))?;
     let builder = ParquetRecordBatchReaderBuilder::try_new(f)?;
@@ -205,7 +253,10 @@ pub(crate) fn read_file(data_dir: &Path, file: &ParquetFile, wanted: &Schema) ->
         .filter_map(|f| file_schema.index_of(f.name()).ok())
         .collect();
     let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
-    let reader = builder.with_projection(mask).with_batch_size(64 * 1024).build()?;
+    let reader = builder
+        .with_projection(mask)
+        .with_batch_size(64 * 1024)
+        .build()?;
     let mut out = Vec::new();
     for batch in reader {
         out.push(batch?);
@@ -213,3 +264,36 @@ pub(crate) fn read_file(data_dir: &Path, file: &ParquetFile, wanted: &Schema) ->
     Ok(out)
 }
 
+/// Deletes Parquet files under `tables/` that the catalog does not list: files written
+/// by a snapshot that crashed before its catalog update. Their rows are still in the
+/// WAL, which is replayed, so they hold nothing that is not elsewhere.
+pub(crate) fn remove_orphans(data_dir: &Path, catalog: &crate::catalog::Catalog) -> Result<usize> {
+    let known: std::collections::HashSet<std::path::PathBuf> = catalog
+        .tables
+        .values()
+        .flat_map(|t| &t.files)
+        .map(|f| data_dir.join(&f.path))
+        .collect();
+    let mut removed = 0;
+    let mut stack = vec![data_dir.join("tables")];
+    while let Some(dir) = stack.pop() {
+        let entries = match fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(Error::io("list table directory", &dir)(e)),
+        };
+        for entry in entries {
+            let path = entry
+                .map_err(Error::io("list table directory", &dir))?
+                .path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "parquet") && !known.contains(&path) {
+                fs::remove_file(&path).map_err(Error::io("remove orphaned Parquet file", &path))?;
+                tracing::warn!(file = %path.display(), "removed Parquet file left by an interrupted snapshot");
+                removed += 1;
+            }
+        }
+    }
+    Ok(removed)
+}

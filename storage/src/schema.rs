@@ -163,12 +163,21 @@ mod tests {
                 kind: ColumnKind::Field(FieldType::F64),
             },
         ]);
-        let names: Vec<_> = s.arrow_schema().fields().iter().map(|f| f.name().clone()).collect();
+        let names: Vec<_> = s
+            .arrow_schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
         assert_eq!(names, ["time", "site_id", "power_w"]);
         assert_eq!(s.kind("power_w"), Some(ColumnKind::Field(FieldType::F64)));
         assert_eq!(s.tag_positions().collect::<Vec<_>>(), [1]);
         assert_eq!(
-            s.arrow_schema().field(1).metadata().get(COLUMN_ROLE_KEY).map(String::as_str),
+            s.arrow_schema()
+                .field(1)
+                .metadata()
+                .get(COLUMN_ROLE_KEY)
+                .map(String::as_str),
             Some("tag")
         );
     }

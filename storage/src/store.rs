@@ -183,7 +183,10 @@ impl Store {
             .tables
             .iter()
             .map(|(name, t)| {
-                (name.clone(), Arc::new(TableSchema::from_columns(with_time(&t.columns))))
+                (
+                    name.clone(),
+                    Arc::new(TableSchema::from_columns(with_time(&t.columns))),
+                )
             })
             .collect();
         let persisted_through = catalog.wal_persisted_through;
@@ -227,6 +230,7 @@ impl Store {
         // Segments already in Parquet may survive a crash between the catalog update and
         // their deletion.
         wal::remove_segments_through(&shared.wal_dir, persisted_through)?;
+        persist::remove_orphans(&shared.dir, &shared.state.read().catalog)?;
         let wal = WalWriter::create(
             &shared.wal_dir,
             replay.last_segment.max(persisted_through) + 1,
@@ -419,11 +423,19 @@ fn check_table_name(name: &str) -> Result<(), String> {
     if name == "." || name == ".." {
         return Err(format!("table name {name:?} is not allowed"));
     }
-    if let Some(c) = name.chars().find(|c| matches!(c, '/' | '\\') || c.is_control()) {
-        return Err(format!("table name {name:?} contains the character {c:?}, which is not allowed"));
+    if let Some(c) = name
+        .chars()
+        .find(|c| matches!(c, '/' | '\\') || c.is_control())
+    {
+        return Err(format!(
+            "table name {name:?} contains the character {c:?}, which is not allowed"
+        ));
     }
     if name.len() > 200 {
-        return Err(format!("table name is {} bytes long; at most 200 are allowed", name.len()));
+        return Err(format!(
+            "table name is {} bytes long; at most 200 are allowed",
+            name.len()
+        ));
     }
     Ok(())
 }
@@ -437,7 +449,12 @@ fn with_time(columns: &[ColumnDef]) -> Vec<ColumnDef> {
         name: TIME_COLUMN.into(),
         kind: ColumnKind::Time,
     }];
-    out.extend(columns.iter().filter(|c| c.kind != ColumnKind::Time).cloned());
+    out.extend(
+        columns
+            .iter()
+            .filter(|c| c.kind != ColumnKind::Time)
+            .cloned(),
+    );
     out
 }
 
@@ -495,7 +512,11 @@ fn check_line(schema: &TableSchema, table: &str, line: &ParsedLine) -> Check {
             }),
         }
     }
-    if new.is_empty() { Check::Ok } else { Check::NeedsColumns(new) }
+    if new.is_empty() {
+        Check::Ok
+    } else {
+        Check::NeedsColumns(new)
+    }
 }
 
 impl Shared {
@@ -525,7 +546,9 @@ impl Shared {
         // Slow path: the schema grows. Hold the write lock so that two requests bringing
         // the same new column cannot give it two types; the first one wins.
         let mut schemas = self.schemas.write();
-        let mut schema = schemas.get(table).map_or_else(TableSchema::new, |s| (**s).clone());
+        let mut schema = schemas
+            .get(table)
+            .map_or_else(TableSchema::new, |s| (**s).clone());
         let mut checks = Vec::with_capacity(lines.len());
         for line in &lines {
             let c = match check_line(&schema, table, line) {
@@ -546,7 +569,9 @@ impl Shared {
         let mut schemas = self.schemas.write();
         let mut state = self.state.write();
         for t in &batch.tables {
-            let mut schema = schemas.get(&t.table).map_or_else(TableSchema::new, |s| (**s).clone());
+            let mut schema = schemas
+                .get(&t.table)
+                .map_or_else(TableSchema::new, |s| (**s).clone());
             let mut rows = Vec::with_capacity(t.rows.len());
             for row in &t.rows {
                 let line = ParsedLine {
@@ -603,7 +628,13 @@ impl Shared {
         let keys: Vec<usize> = schema.tag_positions().chain([0]).collect();
         // Read what was asked for plus the series key, which deduplication needs.
         let needed: Vec<usize> = match projection {
-            Some(p) => p.iter().chain(&keys).copied().collect::<BTreeSet<_>>().into_iter().collect(),
+            Some(p) => p
+                .iter()
+                .chain(&keys)
+                .copied()
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect(),
             None => (0..full.fields().len()).collect(),
         };
         let needed_schema = Arc::new(full.project(&needed)?);
@@ -617,7 +648,13 @@ impl Shared {
                 .catalog
                 .tables
                 .get(table)
-                .map(|t| t.files.iter().filter(|f| f.time_range().overlaps(&range)).cloned().collect())
+                .map(|t| {
+                    t.files
+                        .iter()
+                        .filter(|f| f.time_range().overlaps(&range))
+                        .cloned()
+                        .collect()
+                })
                 .unwrap_or_default();
             files.sort_by_key(|f| f.id);
             let mut memory: Vec<RecordBatch> = state
@@ -702,7 +739,12 @@ impl Shared {
             )?;
             rows += files.iter().map(|f| f.row_count).sum::<u64>();
             written += files.len();
-            catalog.tables.entry(table.clone()).or_default().files.extend(files);
+            catalog
+                .tables
+                .entry(table.clone())
+                .or_default()
+                .files
+                .extend(files);
         }
         for (name, schema) in &schemas {
             catalog.tables.entry(name.clone()).or_default().columns = schema.columns().to_vec();
@@ -854,7 +896,9 @@ impl Writer {
             tracing::error!(error = %e, requests = accepted.len(), "WAL write failed; the writes were not acknowledged");
             let reason = e.to_string();
             for w in accepted {
-                let _ = w.ack.send(Err(Error::Wal(std::io::Error::other(reason.clone()))));
+                let _ = w
+                    .ack
+                    .send(Err(Error::Wal(std::io::Error::other(reason.clone()))));
             }
             // Continue in a fresh segment so that nothing lands behind a torn record.
             if let Err(e) = self.wal.rotate() {
@@ -862,7 +906,10 @@ impl Writer {
             }
             return;
         }
-        self.shared.metrics.wal_bytes.inc_by(self.wal.segment_len() - before);
+        self.shared
+            .metrics
+            .wal_bytes
+            .inc_by(self.wal.segment_len() - before);
 
         let mut rows = 0;
         {
@@ -882,10 +929,10 @@ impl Writer {
         for w in accepted {
             let _ = w.ack.send(Ok(()));
         }
-        if self.wal.segment_len() >= self.shared.config.wal_segment_size.as_u64() {
-            if let Err(e) = self.wal.rotate() {
-                tracing::error!(error = %e, "could not start a new WAL segment");
-            }
+        if self.wal.segment_len() >= self.shared.config.wal_segment_size.as_u64()
+            && let Err(e) = self.wal.rotate()
+        {
+            tracing::error!(error = %e, "could not start a new WAL segment");
         }
     }
 
@@ -899,10 +946,8 @@ impl Writer {
                     || b.bytes() as u64 >= c.snapshot_size.as_u64()
                     || b.oldest().is_some_and(|t| t.elapsed() >= c.snapshot_age))
         };
-        if due {
-            if let Err(e) = self.snapshot() {
-                tracing::error!(error = %e, "could not start a snapshot");
-            }
+        if due && let Err(e) = self.snapshot() {
+            tracing::error!(error = %e, "could not start a snapshot");
         }
     }
 
@@ -987,7 +1032,10 @@ mod tests {
                 Err(e) => panic!("{e}"),
             }
         }
-        assert!(busy >= 1, "a queue of 2 took 4 writes while its writer was stalled");
+        assert!(
+            busy >= 1,
+            "a queue of 2 took 4 writes while its writer was stalled"
+        );
         drop(guard);
         for r in receipts {
             r.wait_blocking().unwrap();

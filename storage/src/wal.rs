@@ -217,9 +217,13 @@ pub(crate) fn replay(
         }
         let path = segment_path(dir, id);
         let mut bytes = Vec::new();
-        File::open(&path)
-            .and_then(|mut f| f.read_to_end(&mut bytes))
-            .map_err(Error::io("read WAL segment", &path))?;
+        match File::open(&path).and_then(|mut f| f.read_to_end(&mut bytes)) {
+            Ok(_) => {}
+            // A read-only replay racing a running server's snapshot: the segment is
+            // in Parquet now.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(Error::io("read WAL segment", &path)(e)),
+        }
         stats.segments += 1;
         let (records, clean) = decode_segment(&bytes, |seq, batch| {
             stats.last_seq = stats.last_seq.max(seq);

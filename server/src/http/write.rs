@@ -1,0 +1,273 @@
+//! The write routes: InfluxDB v1, v2 and v3 line protocol, and JSON readings.
+//!
+//! Every route runs the same steps: decode the body (gzip) within the size limit, parse
+//! it, validate the lines against the table schemas, submit the valid rows, and answer
+//! only when the store reports them durable (or, with `no_sync=true`, written).
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use bytes::Bytes;
+use ingest::Precision;
+use serde::Deserialize;
+use storage::{LineError, ParsedLine, WriteBatch};
+
+use super::AppState;
+use super::error::{ApiError, body_rejection};
+
+/// Query parameters of the write routes. Parameters a route does not use (`db`,
+/// `bucket`, `org`, InfluxDB v1's `u` and `p`) are accepted and ignored: there is one
+/// database until multi-tenancy exists.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct WriteParams {
+    /// Unit of the timestamps: `ns`, `us`, `ms`, `s` (and v1's `n`, `u`).
+    precision: Option<String>,
+    /// `false` makes the request all-or-nothing (v3 and JSON routes).
+    accept_partial: Option<bool>,
+    /// `true` acknowledges after the WAL write, before fsync (v3 and JSON routes).
+    no_sync: Option<bool>,
+}
+
+/// Which write API a request came through; they differ in the options they take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Api {
+    /// `/write` and `/api/v2/write`: always accept partial, always sync.
+    Influx,
+    /// `/api/v3/write_lp` and `/api/v1/write/json`.
+    Gridlake,
+}
+
+/// What the body is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BodyFormat {
+    LineProtocol,
+    Json,
+}
+
+/// The effective options of one write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct WriteOptions {
+    precision: Precision,
+    accept_partial: bool,
+    sync: bool,
+}
+
+impl WriteParams {
+    fn options(&self, api: Api) -> Result<WriteOptions, ApiError> {
+        let precision = match self.precision.as_deref().map(str::trim) {
+            None | Some("") => Precision::default(),
+            Some(p) => p.parse::<Precision>()?,
+        };
+        Ok(match api {
+            Api::Influx => WriteOptions {
+                precision,
+                accept_partial: true,
+                sync: true,
+            },
+            Api::Gridlake => WriteOptions {
+                precision,
+                accept_partial: self.accept_partial.unwrap_or(true),
+                sync: !self.no_sync.unwrap_or(false),
+            },
+        })
+    }
+}
+
+/// `POST /write?db=&precision=` (InfluxDB v1) and `POST /api/v2/write?bucket=&org=&precision=`.
+pub(crate) async fn write_influx(
+    State(state): State<AppState>,
+    params: Result<Query<WriteParams>, QueryRejection>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<StatusCode, ApiError> {
+    let options = params?.options(Api::Influx)?;
+    let body = body.map_err(|r| body_rejection(r, state.max_body_size()))?;
+    write(&state, BodyFormat::LineProtocol, options, &headers, body).await
+}
+
+/// `POST /api/v3/write_lp?db=&precision=&accept_partial=&no_sync=`.
+pub(crate) async fn write_lp(
+    State(state): State<AppState>,
+    params: Result<Query<WriteParams>, QueryRejection>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<StatusCode, ApiError> {
+    let options = params?.options(Api::Gridlake)?;
+    let body = body.map_err(|r| body_rejection(r, state.max_body_size()))?;
+    write(&state, BodyFormat::LineProtocol, options, &headers, body).await
+}
+
+/// `POST /api/v1/write/json?precision=&accept_partial=&no_sync=` with
+/// `[{"table": .., "time": .., "tags": {..}, "fields": {..}}]`.
+pub(crate) async fn write_json(
+    State(state): State<AppState>,
+    params: Result<Query<WriteParams>, QueryRejection>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<StatusCode, ApiError> {
+    let options = params?.options(Api::Gridlake)?;
+    let body = body.map_err(|r| body_rejection(r, state.max_body_size()))?;
+    write(&state, BodyFormat::Json, options, &headers, body).await
+}
+
+async fn write(
+    state: &AppState,
+    format: BodyFormat,
+    options: WriteOptions,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Result<StatusCode, ApiError> {
+    let encoding = match headers.get(header::CONTENT_ENCODING) {
+        None => None,
+        Some(value) => Some(
+            value
+                .to_str()
+                .map_err(|_| {
+                    ApiError::UnsupportedMediaType(
+                        "Content-Encoding is not ASCII; expected gzip or identity".to_owned(),
+                    )
+                })?
+                .to_owned(),
+        ),
+    };
+    let limit = state.max_body_size();
+    let store = state.store().clone();
+    // Decompressing, parsing and validating a large body is CPU work measured in
+    // milliseconds: keep it off the async workers that serve other connections.
+    let (batch, rejected) = tokio::task::spawn_blocking(move || {
+        let body = ingest::decode_body(&body, encoding.as_deref(), limit)?;
+        let (lines, mut rejected) = parse(format, &body, options.precision)?;
+        let (batch, invalid) = store.validate(lines);
+        rejected.extend(invalid);
+        // Parse and validation errors arrive in two runs; the client reads one list.
+        rejected.sort_by_key(|e| e.line);
+        Ok::<(WriteBatch, Vec<LineError>), ApiError>((batch, rejected))
+    })
+    .await??;
+
+    if !rejected.is_empty() {
+        state.count_rejected_lines(rejected.len());
+        if !options.accept_partial {
+            return Err(ApiError::Rejected {
+                rejected,
+                accepted: 0,
+                all_or_nothing: true,
+            });
+        }
+    }
+    let accepted = batch.row_count();
+    if !batch.is_empty() {
+        state.store().submit(batch, options.sync)?.wait().await?;
+    }
+    if rejected.is_empty() {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::Rejected {
+            rejected,
+            accepted,
+            all_or_nothing: false,
+        })
+    }
+}
+
+fn parse(
+    format: BodyFormat,
+    body: &[u8],
+    precision: Precision,
+) -> Result<(Vec<ParsedLine>, Vec<LineError>), ApiError> {
+    let now = now_ns();
+    Ok(match format {
+        BodyFormat::LineProtocol => ingest::parse_line_protocol(body, precision, now),
+        BodyFormat::Json => ingest::parse_json(body, precision, now)?,
+    })
+}
+
+/// The time given to lines without a timestamp: the server's clock, in UTC nanoseconds.
+fn now_ns() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(query: &str) -> WriteParams {
+        let uri: axum::http::Uri = format!("/write?{query}").parse().expect("uri");
+        Query::<WriteParams>::try_from_uri(&uri)
+            .expect("query parses")
+            .0
+    }
+
+    #[test]
+    fn defaults_are_nanoseconds_partial_and_sync() {
+        let options = params("db=x").options(Api::Gridlake).unwrap();
+        assert_eq!(
+            options,
+            WriteOptions {
+                precision: Precision::Nanoseconds,
+                accept_partial: true,
+                sync: true
+            }
+        );
+    }
+
+    #[test]
+    fn v1_precisions_are_understood() {
+        for (given, expected) in [
+            ("n", Precision::Nanoseconds),
+            ("ns", Precision::Nanoseconds),
+            ("u", Precision::Microseconds),
+            ("us", Precision::Microseconds),
+            ("ms", Precision::Milliseconds),
+            ("s", Precision::Seconds),
+            ("", Precision::Nanoseconds),
+        ] {
+            let options = params(&format!("precision={given}"))
+                .options(Api::Influx)
+                .unwrap();
+            assert_eq!(options.precision, expected, "precision={given}");
+        }
+    }
+
+    #[test]
+    fn unknown_precision_is_a_client_error_naming_it() {
+        let err = params("precision=h").options(Api::Influx).unwrap_err();
+        assert!(
+            matches!(err, ApiError::BadRequest(ref m) if m.contains("\"h\"")),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn gridlake_routes_take_accept_partial_and_no_sync() {
+        let options = params("accept_partial=false&no_sync=true")
+            .options(Api::Gridlake)
+            .unwrap();
+        assert!(!options.accept_partial);
+        assert!(!options.sync);
+    }
+
+    #[test]
+    fn influx_routes_always_accept_partial_and_sync() {
+        let options = params("accept_partial=false&no_sync=true")
+            .options(Api::Influx)
+            .unwrap();
+        assert!(options.accept_partial);
+        assert!(options.sync);
+    }
+
+    #[test]
+    fn bad_boolean_is_refused() {
+        let uri: axum::http::Uri = "/api/v3/write_lp?accept_partial=maybe".parse().unwrap();
+        let rejection = Query::<WriteParams>::try_from_uri(&uri).unwrap_err();
+        let err = ApiError::from(rejection);
+        assert!(
+            matches!(err, ApiError::BadRequest(ref m) if m.contains("accept_partial")),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,202 @@
+//! `gridlake serve`: wires the store, the query engine and the HTTP API together, and
+//! takes them down in order on SIGINT or SIGTERM.
+
+use std::future::IntoFuture;
+use std::io::{IsTerminal, Write};
+use std::time::Duration;
+
+use prometheus_client::registry::Registry;
+use query::QueryEngine;
+use storage::Store;
+use tokio::net::TcpListener;
+use tracing_subscriber::EnvFilter;
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::http::{AppState, router};
+
+/// How long in-flight requests get to finish after a shutdown signal before the server
+/// stops waiting for them. Writes waiting for their fsync finish well within this; a
+/// client that keeps a slow request open must not block the store's flush forever.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// Runs the server until SIGINT or SIGTERM, then shuts down gracefully.
+pub(crate) fn serve(config: Config) -> Result<()> {
+    init_tracing(&config.log.filter, "log.filter")?;
+    runtime()?.block_on(serve_async(config))
+}
+
+/// The multi-threaded runtime the server and the SQL command run on.
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("gridlake-worker")
+        .build()
+        .map_err(Error::Runtime)
+}
+
+/// Sends logs to stderr, filtered by `RUST_LOG` when set and by `filter` otherwise.
+/// `origin` names where `filter` came from, for the error message.
+pub(crate) fn init_tracing(filter: &str, origin: &'static str) -> Result<()> {
+    let (filter, origin) = match std::env::var("RUST_LOG") {
+        Ok(env) if !env.trim().is_empty() => (env, "RUST_LOG"),
+        _ => (filter.to_owned(), origin),
+    };
+    let env_filter = EnvFilter::try_new(&filter).map_err(|e| Error::LogFilter {
+        filter: filter.clone(),
+        origin,
+        reason: e.to_string(),
+    })?;
+    // Fails only when a subscriber is already installed (tests calling twice); the
+    // existing one keeps working, which is what we want.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(env_filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .try_init();
+    Ok(())
+}
+
+async fn serve_async(config: Config) -> Result<()> {
+    let data_dir = config.data_dir.clone();
+    std::fs::create_dir_all(&data_dir).map_err(|source| Error::DataDir {
+        path: data_dir.clone(),
+        source,
+    })?;
+    let storage_config = config.storage.clone();
+    let store = {
+        let data_dir = data_dir.clone();
+        // Replaying the WAL reads files: keep it off the async workers.
+        tokio::task::spawn_blocking(move || Store::open(data_dir, storage_config)).await??
+    };
+    tracing::info!(data_dir = %data_dir.display(), stats = ?store.stats(), "store open");
+
+    let result = serve_store(&config, store.clone()).await;
+
+    // The HTTP front is closed (or never opened): no request can reach the store any
+    // more, so flushing now cannot race an acknowledgement.
+    let shutdown = {
+        let store = store.clone();
+        tokio::task::spawn_blocking(move || store.shutdown()).await
+    };
+    match shutdown {
+        Ok(Ok(())) => tracing::info!("store flushed and closed"),
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "store shutdown failed");
+            result?;
+            return Err(e.into());
+        }
+        Err(e) => {
+            result?;
+            return Err(e.into());
+        }
+    }
+    result
+}
+
+/// Serves HTTP over `store` until a shutdown signal and the end of in-flight requests.
+async fn serve_store(config: &Config, store: Store) -> Result<()> {
+    let engine = QueryEngine::new(store.clone(), config.query.clone())?;
+    let mut registry = Registry::default();
+    store.register_metrics(&mut registry);
+    engine.register_metrics(&mut registry);
+    let state = AppState::new(store, engine, registry, config.http.max_body_size);
+    let app = router(state);
+
+    let addr = config.http.addr;
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| Error::Bind { addr, source })?;
+    let local = listener
+        .local_addr()
+        .map_err(|source| Error::Bind { addr, source })?;
+    let signals = ShutdownSignals::install()?;
+    announce_ready(&format!("gridlake listening on http://{local}"));
+    tracing::info!(addr = %local, "accepting HTTP requests");
+
+    let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<()>();
+    let stop = async move {
+        let signal = signals.recv().await;
+        tracing::info!(
+            signal,
+            "shutting down: refusing new connections, finishing in-flight requests"
+        );
+        let _ = signalled_tx.send(());
+    };
+    let server = axum::serve(listener, app)
+        .with_graceful_shutdown(stop)
+        .into_future();
+    let grace_expired = async move {
+        // The sender lives inside the server future; if the server ends first this
+        // branch is never polled again, and a dropped sender means no signal came.
+        if signalled_rx.await.is_ok() {
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        served = server => served.map_err(Error::Serve)?,
+        () = grace_expired => tracing::warn!(
+            grace = ?SHUTDOWN_GRACE,
+            "in-flight requests did not finish in time; closing them"
+        ),
+    }
+    Ok(())
+}
+
+/// Prints the one line on stdout that tells scripts and tests the server is ready and
+/// where. Logs go to stderr, so stdout carries nothing else.
+fn announce_ready(line: &str) {
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = writeln!(stdout, "{line}").and_then(|()| stdout.flush()) {
+        // Whoever started us stopped reading; the server is still useful.
+        tracing::warn!(error = %e, "could not print the ready line to stdout");
+    }
+}
+
+/// SIGINT and SIGTERM listeners. Installed before the ready line is printed, so that a
+/// supervisor (or test) that signals right after reading it reaches our handler rather
+/// than the default action, which would kill the process without flushing.
+struct ShutdownSignals {
+    #[cfg(unix)]
+    interrupt: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl ShutdownSignals {
+    fn install() -> Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok(Self {
+                interrupt: signal(SignalKind::interrupt()).map_err(Error::Signal)?,
+                terminate: signal(SignalKind::terminate()).map_err(Error::Signal)?,
+            })
+        }
+        #[cfg(not(unix))]
+        Ok(Self {})
+    }
+
+    /// Completes on the first SIGINT or SIGTERM with the signal's name.
+    async fn recv(mut self) -> &'static str {
+        #[cfg(unix)]
+        {
+            tokio::select! {
+                _ = self.interrupt.recv() => "SIGINT",
+                _ = self.terminate.recv() => "SIGTERM",
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            match tokio::signal::ctrl_c().await {
+                Ok(()) => "SIGINT",
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot listen for Ctrl-C");
+                    std::future::pending().await
+                }
+            }
+        }
+    }
+}

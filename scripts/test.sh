@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# The whole test suite, as the README and CI run it:
+#   1. install what the tests need beyond the Rust toolchain (system packages),
+#   2. formatting and lints (rustfmt, clippy with warnings as errors),
+#   3. every test of every crate: unit, integration (the real `gridlake` binary on
+#      port 0), benches in test mode, and doc tests.
+# Run it from anywhere; it works from the repository root.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '\n==> %s\n' "$*"; }
+
+# System packages the tests need, one per line as issues add them (e.g. `mosquitto`
+# for the MQTT tests). Empty today: the suite needs only the Rust toolchain.
+APT_PACKAGES=(
+)
+
+# Installs the packages above that are missing. Runs apt-get directly as root (CI,
+# containers) and through sudo otherwise; apt-get update runs once, only when
+# something has to be installed.
+install_system_packages() {
+    local missing=()
+    local pkg
+    for pkg in "${APT_PACKAGES[@]}"; do
+        if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed'; then
+            missing+=("$pkg")
+        fi
+    done
+    if [ "${#missing[@]}" -eq 0 ]; then
+        return 0
+    fi
+    if ! command -v apt-get >/dev/null 2>&1; then
+        echo "missing system packages: ${missing[*]} (no apt-get here: install them yourself)" >&2
+        exit 1
+    fi
+    local sudo=()
+    if [ "$(id -u)" -ne 0 ]; then
+        if ! command -v sudo >/dev/null 2>&1; then
+            echo "missing system packages: ${missing[*]} (not root and no sudo)" >&2
+            exit 1
+        fi
+        sudo=(sudo)
+    fi
+    log "installing ${missing[*]}"
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -q
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+}
+
+if [ "${#APT_PACKAGES[@]}" -gt 0 ]; then
+    log "system packages"
+    install_system_packages
+fi
+
+log "toolchain"
+cargo --version
+rustc --version
+
+log "cargo fmt --check"
+cargo fmt --all -- --check
+
+log "cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+# Test output is also kept in a file so that the run can end with one plain total.
+results="$(mktemp)"
+trap 'rm -f "$results"' EXIT
+
+log "cargo test --doc"
+cargo test --workspace --doc --locked 2>&1 | tee -a "$results"
+
+log "cargo test"
+cargo test --workspace --all-targets --locked 2>&1 | tee -a "$results"
+
+# cargo prints one `test result:` line per test binary, and the last of them may be a
+# binary without tests; the line below totals them all.
+log "total"
+awk '/^test result:/ {
+        for (i = 1; i < NF; i++) {
+            if ($(i + 1) ~ /^passed/) passed += $i
+            if ($(i + 1) ~ /^failed/) failed += $i
+            if ($(i + 1) ~ /^ignored/) ignored += $i
+        }
+    }
+    END { printf "%d passed, %d failed, %d skipped\n", passed, failed, ignored }' "$results"

@@ -82,9 +82,15 @@ pub(crate) async fn write_influx(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<StatusCode, ApiError> {
-    let options = params?.options(Api::Influx)?;
-    let body = body.map_err(|r| body_rejection(r, state.max_body_size()))?;
-    write(&state, BodyFormat::LineProtocol, options, &headers, body).await
+    write(
+        &state,
+        Api::Influx,
+        BodyFormat::LineProtocol,
+        params,
+        &headers,
+        body,
+    )
+    .await
 }
 
 /// `POST /api/v3/write_lp?db=&precision=&accept_partial=&no_sync=`.
@@ -94,9 +100,15 @@ pub(crate) async fn write_lp(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<StatusCode, ApiError> {
-    let options = params?.options(Api::Gridlake)?;
-    let body = body.map_err(|r| body_rejection(r, state.max_body_size()))?;
-    write(&state, BodyFormat::LineProtocol, options, &headers, body).await
+    write(
+        &state,
+        Api::Gridlake,
+        BodyFormat::LineProtocol,
+        params,
+        &headers,
+        body,
+    )
+    .await
 }
 
 /// `POST /api/v1/write/json?precision=&accept_partial=&no_sync=` with
@@ -107,18 +119,27 @@ pub(crate) async fn write_json(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<StatusCode, ApiError> {
-    let options = params?.options(Api::Gridlake)?;
-    let body = body.map_err(|r| body_rejection(r, state.max_body_size()))?;
-    write(&state, BodyFormat::Json, options, &headers, body).await
+    write(
+        &state,
+        Api::Gridlake,
+        BodyFormat::Json,
+        params,
+        &headers,
+        body,
+    )
+    .await
 }
 
 async fn write(
     state: &AppState,
+    api: Api,
     format: BodyFormat,
-    options: WriteOptions,
+    params: Result<Query<WriteParams>, QueryRejection>,
     headers: &HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<StatusCode, ApiError> {
+    let options = params?.options(api)?;
+    let body = body.map_err(|r| body_rejection(r, state.max_body_size()))?;
     let encoding = match headers.get(header::CONTENT_ENCODING) {
         None => None,
         Some(value) => Some(

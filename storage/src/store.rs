@@ -605,11 +605,17 @@ impl Shared {
 
     fn update_gauges(&self) {
         let state = self.state.read();
-        self.metrics.buffer_rows.set(state.buffer.rows() as i64);
-        self.metrics.buffer_bytes.set(state.buffer.bytes() as i64);
+        self.update_buffer_gauges(&state);
         let (files, bytes) = state.catalog.file_totals();
         self.metrics.parquet_files.set(files as i64);
         self.metrics.parquet_bytes.set(bytes as i64);
+    }
+
+    /// The buffer gauges alone: these change with every commit, the file gauges only
+    /// when a snapshot lands, so the commit path does not walk the catalog.
+    fn update_buffer_gauges(&self, state: &State) {
+        self.metrics.buffer_rows.set(state.buffer.rows() as i64);
+        self.metrics.buffer_bytes.set(state.buffer.bytes() as i64);
     }
 
     fn scan(
@@ -923,9 +929,9 @@ impl Writer {
                     }
                 }
             }
+            self.shared.update_buffer_gauges(&state);
         }
         self.shared.metrics.rows_written.inc_by(rows as u64);
-        self.shared.update_gauges();
         for w in accepted {
             let _ = w.ack.send(Ok(()));
         }

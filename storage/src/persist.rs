@@ -128,21 +128,18 @@ pub(crate) fn write_table(
         path: data_dir.to_path_buf(),
         reason: format!("table {table}: time column is not a nanosecond timestamp"),
     })?;
-    let mut days: Vec<i64> = t
+    let row_days: Vec<i64> = t
         .values()
         .iter()
         .map(|v| v.div_euclid(NANOS_PER_DAY))
         .collect();
+    let mut days = row_days.clone();
     days.sort_unstable();
     days.dedup();
 
     let mut files = Vec::with_capacity(days.len());
     for day in days {
-        let mask: arrow::array::BooleanArray = t
-            .values()
-            .iter()
-            .map(|v| Some(v.div_euclid(NANOS_PER_DAY) == day))
-            .collect();
+        let mask: arrow::array::BooleanArray = row_days.iter().map(|d| Some(*d == day)).collect();
         let part = filter_record_batch(&sorted, &mask)?;
         let id = *next_file_id;
         *next_file_id += 1;

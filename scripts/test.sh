@@ -10,9 +10,9 @@ cd "$(dirname "$0")/.."
 
 log() { printf '\n==> %s\n' "$*"; }
 
-# System packages the tests need, one per line as issues add them (e.g. `mosquitto`
-# for the MQTT tests). Empty today: the suite needs only the Rust toolchain.
+# System packages the tests need, one per line.
 APT_PACKAGES=(
+    mosquitto # the MQTT broker the collector tests run against (/usr/sbin/mosquitto)
 )
 
 # Installs the packages above that are missing. Runs apt-get directly as root (CI,

@@ -9,6 +9,13 @@
 use std::fmt;
 use std::str::FromStr;
 
+pub mod decode;
+pub mod reading;
+pub mod sim;
+pub mod tables;
+
+pub use reading::{Decode, DecodeContext, DecodeError, Decoded, Reading, Value};
+
 use serde::{Deserialize, Serialize};
 
 /// A kind of device that reports readings (after the energy portal data model).

@@ -14,16 +14,22 @@
 //!                                                                   └─► Store::validate ─► WAL
 //! ```
 //!
-//! Nothing here does I/O or keeps state: every function is a pure transformation of a
-//! byte slice.
+//! The parsers do no I/O and keep no state: every one is a pure transformation of a
+//! byte slice. [`apply_canonical`] holds every write path to the canonical tables'
+//! column types and records each row's quality and source. The [`mqtt`] collector is the
+//! exception to purity: it subscribes to a broker, decodes device payloads and hands the
+//! rows to the store itself.
 
+mod canonical;
 mod checks;
 mod decode;
 mod error;
 mod json;
 mod line_protocol;
+pub mod mqtt;
 mod precision;
 
+pub use canonical::apply_canonical;
 pub use decode::decode_body;
 pub use error::{Error, Result};
 pub use json::parse_json;

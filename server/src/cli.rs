@@ -41,6 +41,8 @@ pub(crate) enum Command {
     Sql(SqlArgs),
     /// Print the effective configuration (defaults, file, environment, flags) as TOML.
     Config(ConfigArgs),
+    /// Publish a simulated fleet of devices, for load tests and demos.
+    Simulate(crate::simulate::SimulateArgs),
 }
 
 /// Flags that select and override the configuration.

@@ -11,6 +11,7 @@ use bytesize::ByteSize;
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::value::{Uncased, UncasedStr};
+use ingest::mqtt::MqttConfig;
 use query::QueryConfig;
 use serde::{Deserialize, Serialize};
 use storage::StoreConfig;
@@ -23,7 +24,7 @@ pub const ENV_PREFIX: &str = "GRIDLAKE_";
 /// The configuration tables. An environment variable `GRIDLAKE_<SECTION>_<KEY>` sets
 /// `<key>` in `[<section>]`: the first `_` after a section name separates it from the key,
 /// because keys themselves contain underscores (`snapshot_rows`).
-const SECTIONS: [&str; 4] = ["http", "storage", "query", "log"];
+const SECTIONS: [&str; 5] = ["http", "storage", "query", "mqtt", "log"];
 
 /// Top-level keys that are not tables.
 const TOP_LEVEL_KEYS: [&str; 1] = ["data_dir"];
@@ -41,6 +42,8 @@ pub struct Config {
     pub storage: StoreConfig,
     /// The SQL engine.
     pub query: QueryConfig,
+    /// The MQTT collector.
+    pub mqtt: MqttConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -52,6 +55,7 @@ impl Default for Config {
             http: HttpConfig::default(),
             storage: StoreConfig::default(),
             query: QueryConfig::default(),
+            mqtt: MqttConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -198,6 +202,7 @@ mod tests {
             Some("storage.snapshot_rows")
         );
         assert_eq!(mapped("QUERY_TIMEOUT").as_deref(), Some("query.timeout"));
+        assert_eq!(mapped("MQTT_PASSWORD").as_deref(), Some("mqtt.password"));
         assert_eq!(mapped("LOG_FILTER").as_deref(), Some("log.filter"));
         assert_eq!(mapped("log_filter").as_deref(), Some("log.filter"));
     }
@@ -407,6 +412,51 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    #[test]
+    fn example_mqtt_subscriptions_cover_every_decoder_and_pass_the_checks() {
+        use ingest::mqtt::DecoderKind;
+
+        // The examples are the `##`-prefixed lines.
+        let example = include_str!("../../config/gridlake.example.toml");
+        let mut mqtt = String::from("[mqtt]\nenabled = true\n");
+        for line in example.lines() {
+            if let Some(rest) = line.strip_prefix("##") {
+                let rest = rest.strip_prefix("  ").unwrap_or(rest);
+                if !rest.starts_with("client_id")
+                    && !rest.starts_with("username")
+                    && !rest.starts_with("password")
+                    && !rest.starts_with("ca_file")
+                    && !rest.starts_with("client_")
+                {
+                    mqtt.push_str(rest);
+                    mqtt.push('\n');
+                }
+            }
+        }
+        let config: Config = Figment::from(Toml::string(&mqtt))
+            .extract()
+            .unwrap_or_else(|e| panic!("example subscriptions must parse: {e}\n{mqtt}"));
+        config
+            .mqtt
+            .check()
+            .unwrap_or_else(|e| panic!("example subscriptions must pass the checks: {e}"));
+        for kind in [
+            DecoderKind::Shelly,
+            DecoderKind::Tasmota,
+            DecoderKind::Zigbee2mqtt,
+            DecoderKind::Ocpp,
+            DecoderKind::LineProtocol,
+            DecoderKind::Json,
+            DecoderKind::Availability,
+        ] {
+            assert!(
+                config.mqtt.subscriptions.iter().any(|s| s.decoder == kind),
+                "the example has no {} subscription",
+                kind.name()
+            );
         }
     }
 

@@ -13,6 +13,12 @@ pub enum Error {
     /// message names the key and the source.
     #[error("invalid configuration: {0}")]
     Config(#[source] Box<figment::Error>),
+    /// The `[mqtt]` section is not usable; the message names the setting.
+    #[error("invalid configuration: {0}")]
+    Mqtt(#[from] ingest::mqtt::MqttConfigError),
+    /// `gridlake simulate` failed.
+    #[error(transparent)]
+    Simulate(#[from] crate::simulate::SimulateError),
     /// The effective configuration could not be written as TOML.
     #[error("cannot print the configuration as TOML: {0}")]
     ConfigToml(#[source] toml::ser::Error),

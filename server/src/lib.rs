@@ -12,7 +12,8 @@
 //! ```text
 //! HTTP ─► http::write ─► ingest::decode_body / parse ─► Store::validate ─► Store::submit ─► ack
 //! HTTP ─► http::sql   ─► QueryEngine::sql ─► query::encode ─► response
-//! CLI  ─► sql (read-only store) · config (prints the effective TOML)
+//! MQTT ─► ingest::mqtt collector ─► Store::validate ─► Store::submit ─► PUBACK
+//! CLI  ─► sql (read-only store) · config (prints the effective TOML) · simulate mqtt
 //! ```
 
 mod cli;
@@ -20,12 +21,14 @@ pub mod config;
 mod error;
 mod http;
 mod serve;
+mod simulate;
 mod sql;
 
 use clap::Parser;
 
 pub use crate::config::Config;
 pub use crate::error::{Error, Result};
+pub use crate::simulate::SimulateError;
 
 use crate::cli::{Cli, Command};
 
@@ -46,5 +49,6 @@ pub fn run_cli() -> Result<()> {
             let text = args.load()?.to_toml()?;
             sql::write_stdout(text.as_bytes())
         }
+        Some(Command::Simulate(args)) => Ok(simulate::run(args)?),
     }
 }

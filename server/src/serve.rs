@@ -5,6 +5,7 @@ use std::future::IntoFuture;
 use std::io::{IsTerminal, Write};
 use std::time::Duration;
 
+use ingest::mqtt::{MqttCollector, MqttMetrics};
 use prometheus_client::registry::Registry;
 use query::QueryEngine;
 use storage::Store;
@@ -100,6 +101,13 @@ async fn serve_store(config: &Config, store: Store) -> Result<()> {
     let mut registry = Registry::default();
     store.register_metrics(&mut registry);
     engine.register_metrics(&mut registry);
+    let collector = if config.mqtt.enabled {
+        let metrics = MqttMetrics::default();
+        metrics.register(&mut registry);
+        Some(MqttCollector::start(&config.mqtt, store.clone(), metrics)?)
+    } else {
+        None
+    };
     let state = AppState::new(store, engine, registry, config.http.max_body_size);
     let app = router(state);
 
@@ -135,14 +143,22 @@ async fn serve_store(config: &Config, store: Store) -> Result<()> {
             std::future::pending::<()>().await;
         }
     };
-    tokio::select! {
-        served = server => served.map_err(Error::Serve)?,
-        () = grace_expired => tracing::warn!(
-            grace = ?SHUTDOWN_GRACE,
-            "in-flight requests did not finish in time; closing them"
-        ),
+    let served = tokio::select! {
+        served = server => served.map_err(Error::Serve),
+        () = grace_expired => {
+            tracing::warn!(
+                grace = ?SHUTDOWN_GRACE,
+                "in-flight requests did not finish in time; closing them"
+            );
+            Ok(())
+        }
+    };
+    // The collector writes what it received and acknowledges what became durable
+    // before the store closes.
+    if let Some(collector) = collector {
+        collector.shutdown().await;
     }
-    Ok(())
+    served
 }
 
 /// Prints the one line on stdout that tells scripts and tests the server is ready and

@@ -81,6 +81,17 @@ enum Command {
     Shutdown(oneshot::Sender<Result<()>>),
 }
 
+impl Command {
+    /// The batch of a write that could not be queued. Only writes are sent by
+    /// [`Store::try_submit`], so the other commands never come back through it.
+    fn into_batch(self) -> WriteBatch {
+        match self {
+            Command::Write(request) => request.batch,
+            Command::Persist(_) | Command::Shutdown(_) => WriteBatch::default(),
+        }
+    }
+}
+
 enum PersistJob {
     Chunk(Arc<Chunk>),
     /// Answered once every job before it is done.
@@ -305,17 +316,31 @@ impl Store {
     /// Hands a validated batch to the WAL writer. Returns at once; the receipt completes
     /// when the batch is durable (fsynced, unless `sync` is false) and queryable.
     pub fn submit(&self, batch: WriteBatch, sync: bool) -> Result<WriteReceipt> {
+        self.try_submit(batch, sync).map_err(|(e, _)| e)
+    }
+
+    /// Like [`Store::submit`], but hands the batch back with the error, so that a
+    /// producer that cannot ask its client to retry (the MQTT collector, whose messages
+    /// are already received) can keep it and try again when the queue is no longer full
+    /// ([`Error::Busy`]).
+    pub fn try_submit(
+        &self,
+        batch: WriteBatch,
+        sync: bool,
+    ) -> std::result::Result<WriteReceipt, (Error, WriteBatch)> {
         let Some(tx) = &self.handle.tx else {
-            return Err(Error::ReadOnly);
+            return Err((Error::ReadOnly, batch));
         };
         if self.shared.closing.load(Ordering::Acquire) {
-            return Err(Error::ShuttingDown);
+            return Err((Error::ShuttingDown, batch));
         }
         let (ack, rx) = oneshot::channel();
         match tx.try_send(Command::Write(WriteRequest { batch, sync, ack })) {
             Ok(()) => Ok(WriteReceipt(rx)),
-            Err(TrySendError::Full(_)) => Err(Error::Busy),
-            Err(TrySendError::Disconnected(_)) => Err(Error::WriterGone),
+            Err(TrySendError::Full(command)) => Err((Error::Busy, command.into_batch())),
+            Err(TrySendError::Disconnected(command)) => {
+                Err((Error::WriterGone, command.into_batch()))
+            }
         }
     }
 

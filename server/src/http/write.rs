@@ -17,6 +17,9 @@ use storage::{LineError, ParsedLine, WriteBatch};
 use super::AppState;
 use super::error::{ApiError, body_rejection};
 
+/// The `source` recorded on canonical-table rows written over HTTP.
+const HTTP_SOURCE: &str = "http";
+
 /// Query parameters of the write routes. Parameters a route does not use (`db`,
 /// `bucket`, `org`, InfluxDB v1's `u` and `p`) are accepted and ignored: there is one
 /// database until multi-tenancy exists.
@@ -159,7 +162,15 @@ async fn write(
     // milliseconds: keep it off the async workers that serve other connections.
     let (batch, rejected) = tokio::task::spawn_blocking(move || {
         let body = ingest::decode_body(&body, encoding.as_deref(), limit)?;
-        let (lines, mut rejected) = parse(format, &body, options.precision)?;
+        let (mut lines, mut rejected) = parse(format, &body, options.precision)?;
+        // The canonical tables' column types and provenance (quality, source).
+        lines.retain_mut(|line| match ingest::apply_canonical(line, HTTP_SOURCE) {
+            Ok(()) => true,
+            Err(reason) => {
+                rejected.push(LineError::new(line.line, reason));
+                false
+            }
+        });
         let (batch, invalid) = store.validate(lines);
         rejected.extend(invalid);
         // Parse and validation errors arrive in two runs; the client reads one list.

@@ -4,8 +4,10 @@
 //! One test binary (`cargo test -p server --test e2e`) with one module per concern;
 //! `common` holds the server harness every test uses.
 
+mod broker;
 mod common;
 mod durability;
+mod mqtt;
 mod ops;
 mod questdb_client;
 mod sql;

@@ -360,7 +360,10 @@ async fn show_tables_and_information_schema() {
             ("time", "NO"),
             ("device_id", "YES"),
             ("ac_power_w", "YES"),
-            ("dc_voltage_v", "YES")
+            ("dc_voltage_v", "YES"),
+            // Canonical tables record every row's provenance.
+            ("quality", "YES"),
+            ("source", "YES")
         ]
     );
     assert_eq!(string(&columns[2], "data_type"), "Float64");

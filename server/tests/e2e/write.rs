@@ -130,19 +130,21 @@ async fn unknown_precision_is_400() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn field_types_round_trip() {
+    // Not a canonical table: the line-protocol types are kept as written (a canonical
+    // table would turn `energy_wh=-42i` into a float and add quality and source).
     let server = Server::start().await;
     server
         .write_lp(concat!(
-            "meter,site_id=s1,device_id=m1 power_w=1234.5,energy_wh=-42i,pulses=7u,online=t,",
+            "gauge,site_id=s1,device_id=m1 power_w=1234.5,energy_wh=-42i,pulses=7u,online=t,",
             "note=\"hello, \\\"grid\\\"\" 1000\n",
-            "meter,site_id=s1,device_id=m2 power_w=-0.25,energy_wh=9223372036854775807i,",
+            "gauge,site_id=s1,device_id=m2 power_w=-0.25,energy_wh=9223372036854775807i,",
             "pulses=18446744073709551615u,online=F,note=\"\" 2000\n",
         ))
         .await;
     let rows = server
         .sql(
             "SELECT site_id, device_id, CAST(time AS BIGINT) AS t, power_w, energy_wh, \
-             CAST(pulses AS VARCHAR) AS pulses, online, note FROM meter ORDER BY device_id",
+             CAST(pulses AS VARCHAR) AS pulses, online, note FROM gauge ORDER BY device_id",
         )
         .await;
     assert_eq!(rows.len(), 2, "{rows:?}");
@@ -166,7 +168,7 @@ async fn field_types_round_trip() {
     let columns = server
         .sql(
             "SELECT column_name, data_type FROM information_schema.columns \
-             WHERE table_name = 'meter' ORDER BY ordinal_position",
+             WHERE table_name = 'gauge' ORDER BY ordinal_position",
         )
         .await;
     let columns: Vec<(String, String)> = columns
@@ -439,6 +441,58 @@ async fn type_conflict_rejects_the_line_and_keeps_the_others() {
         .collect();
     assert_eq!(lines, [2, 3], "{text}");
     assert_eq!(server.count("tc2").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn canonical_tables_get_their_column_types_and_provenance() {
+    let server = Server::start().await;
+    // An integer where the canonical type is a float becomes a float, so that this first
+    // write cannot fix `power_w` as an integer column for every later reading.
+    let body = concat!(
+        "meter,site_id=s1,device_id=m1 power_w=5i,energy_import_wh=100i 1000\n",
+        "meter,site_id=s1,device_id=m1 power_w=\"high\" 2000\n",
+        "meter,site_id=s1,device_id=m1 power_w=7.5,quality=\"estimated\" 3000\n",
+        "meter,site_id=s1,device_id=m1 power_w=8.5,quality=\"valid\" 4000\n",
+        "battery,site_id=s1,device_id=b1 cycles=12,soc_pct=55i 1000\n",
+    );
+    let (status, text) = server.post("/api/v3/write_lp?db=x", body).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{text}");
+    let error = parse_error(&text);
+    assert_eq!(error["accepted"], json!(3), "{text}");
+    let rejected = error["rejected"].as_array().expect("rejected list");
+    assert_eq!(rejected.len(), 2, "{text}");
+    assert_eq!(rejected[0]["line"], json!(2));
+    assert_eq!(
+        rejected[0]["reason"],
+        json!("column \"power_w\" of table \"meter\" is a float in W; got the string \"high\"")
+    );
+    assert_eq!(rejected[1]["line"], json!(4));
+    assert!(
+        rejected[1]["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("substituted"),
+        "{text}"
+    );
+
+    let rows = server
+        .sql("SELECT power_w, energy_import_wh, quality, source FROM meter ORDER BY time")
+        .await;
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert_eq!(float(&rows[0], "power_w"), 5.0);
+    assert_eq!(float(&rows[0], "energy_import_wh"), 100.0);
+    assert_eq!(string(&rows[0], "quality"), "actual");
+    assert_eq!(string(&rows[0], "source"), "http");
+    assert_eq!(string(&rows[1], "quality"), "estimated");
+    let types = server
+        .sql(
+            "SELECT column_name, data_type FROM information_schema.columns \
+             WHERE table_name = 'battery' AND column_name IN ('cycles', 'soc_pct') \
+             ORDER BY column_name",
+        )
+        .await;
+    assert_eq!(string(&types[0], "data_type"), "Int64");
+    assert_eq!(string(&types[1], "data_type"), "Float64");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -13,6 +13,7 @@ log() { printf '\n==> %s\n' "$*"; }
 # System packages the tests need, one per line.
 APT_PACKAGES=(
     mosquitto # the MQTT broker the collector tests run against (/usr/sbin/mosquitto)
+    openssl   # makes the CA and certificate of the TLS broker test
 )
 
 # Installs the packages above that are missing. Runs apt-get directly as root (CI,

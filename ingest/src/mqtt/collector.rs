@@ -54,6 +54,10 @@ const MAX_REJECTED_PAYLOAD: usize = 64 * 1024;
 /// How long a batch waits before it is offered to a full store queue again.
 const BUSY_RETRY: Duration = Duration::from_millis(10);
 
+/// How long acknowledgements wait before they are offered to a full request channel
+/// again.
+const ACK_RETRY: Duration = Duration::from_millis(1);
+
 /// How long shutdown waits for the last batches to become durable and be acknowledged.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
@@ -80,12 +84,17 @@ impl MqttCollector {
         metrics: MqttMetrics,
     ) -> Result<Self, MqttConfigError> {
         let (routes, options) = prepare(config)?;
-        // Every acknowledgement goes through this channel, and at most `max_inflight`
-        // messages are unacknowledged: with room for all of them (and the subscribe and
-        // disconnect requests), a `try_ack` never finds it full.
-        let capacity = usize::from(config.max_inflight) + routes.len() + 16;
+        // Acknowledgements go through rumqttc's request channel. The broker should send
+        // at most `max_inflight` unacknowledged messages, but Mosquitto 2.0 does not
+        // hold to a client's Receive Maximum (the tests saw it exceed it), so a full
+        // channel is possible: acknowledgements then wait in the collector's own queue
+        // and are retried, never dropped.
+        let capacity = 2 * usize::from(config.max_inflight) + routes.len() + 16;
         let (client, eventloop) = AsyncClient::new(options, capacity);
-        let (events_tx, events_rx) = mpsc::channel(1024);
+        // The collector never blocks, so it drains this channel promptly; when it falls
+        // behind, the full channel stops the eventloop task from reading the socket,
+        // which is TCP's backpressure on the broker.
+        let (events_tx, events_rx) = mpsc::channel(capacity.max(1024));
         let (stop_tx, stop_rx) = watch::channel(false);
         let driver = tokio::spawn(drive(
             eventloop,
@@ -107,6 +116,7 @@ impl MqttCollector {
             linger: config.batch_linger,
             pending: Pending::default(),
             ready: VecDeque::new(),
+            acks: VecDeque::new(),
             generation: 0,
             last_received: 0,
         };
@@ -283,6 +293,9 @@ struct Collector {
     linger: Duration,
     pending: Pending,
     ready: VecDeque<Ready>,
+    /// Durable messages whose acknowledgement rumqttc's request channel had no room
+    /// for yet, oldest first.
+    acks: VecDeque<(Publish, u64)>,
     generation: u64,
     last_received: i64,
 }
@@ -313,6 +326,10 @@ impl Collector {
                 () = sleep_until(retry_at) => {}
             }
             retry_at = self.submit_ready(&mut inflight);
+            if !self.send_acks() {
+                let soon = Instant::now() + ACK_RETRY;
+                retry_at = Some(retry_at.map_or(soon, |at| at.min(soon)));
+            }
         }
 
         // Shutdown: what was received is written and, once durable, acknowledged.
@@ -337,6 +354,10 @@ impl Collector {
                 },
             };
             self.complete(done, front.acks);
+        }
+        let give_up_acks = Instant::now() + Duration::from_secs(2);
+        while !self.send_acks() && Instant::now() < give_up_acks {
+            tokio::time::sleep(ACK_RETRY).await;
         }
         let unacked: usize = self.ready.iter().map(|r| r.acks.len()).sum();
         if unacked > 0 {
@@ -593,22 +614,27 @@ impl Collector {
     ) {
         match done {
             Ok(Ok(())) => {
-                for (publish, generation) in acks {
-                    self.metrics.unacked.dec();
-                    // A message from an earlier connection is redelivered by the broker
-                    // anyway (and deduplicated); an acknowledgement on the new
-                    // connection could name a different message with the same id.
-                    if generation != self.generation {
-                        continue;
-                    }
-                    if let Err(e) = self.client.try_ack(&publish) {
-                        tracing::warn!(error = %e, "could not send PUBACK; the broker will redeliver");
-                    }
-                }
+                self.metrics.unacked.dec_by(acks.len() as i64);
+                self.acks.extend(acks);
             }
             Ok(Err(e)) => self.fail(&e.to_string(), acks),
             Err(e) => self.fail(&e.to_string(), acks),
         }
+    }
+
+    /// Sends queued acknowledgements, in order, while rumqttc's request channel has
+    /// room. Returns false when some are left for later.
+    fn send_acks(&mut self) -> bool {
+        while let Some((publish, generation)) = self.acks.front() {
+            // A message from an earlier connection is redelivered by the broker anyway
+            // (and deduplicated); an acknowledgement on the new connection could name a
+            // different message with the same packet id.
+            if *generation == self.generation && self.client.try_ack(publish).is_err() {
+                return false;
+            }
+            self.acks.pop_front();
+        }
+        true
     }
 
     fn fail(&mut self, reason: &str, acks: Vec<(Publish, u64)>) {

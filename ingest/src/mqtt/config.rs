@@ -44,8 +44,8 @@ pub struct MqttConfig {
     #[serde(with = "humantime_serde")]
     pub keep_alive: Duration,
     /// Messages the broker may send before gridlake acknowledges (MQTT 5 Receive
-    /// Maximum). Acknowledgements wait for the WAL fsync, so this bounds the messages
-    /// (and memory) in flight and should cover a few group commits' worth.
+    /// Maximum). Acknowledgements wait for the WAL fsync, so this should cover a few
+    /// group commits' worth. It also sizes the collector's internal queues.
     pub max_inflight: u16,
     /// Rows gathered from messages before they go to the store together.
     pub batch_rows: usize,

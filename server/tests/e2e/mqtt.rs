@@ -574,3 +574,47 @@ async fn the_simulated_fleet_lands_in_the_canonical_tables() {
         .await;
     assert_eq!(int(&drops[0], "n"), 0);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn acknowledgements_survive_a_full_request_channel() {
+    let broker = Broker::start();
+    // A tiny max_inflight makes rumqttc's request channel small (2 × 5 + slack), and a
+    // long linger lets messages pile up: Mosquitto 2.0 sends more than the Receive
+    // Maximum, so a whole batch of acknowledgements overflows the channel. They must
+    // wait and go out in order, not be dropped (a dropped PUBACK means a redelivery
+    // on the next connection and a message stuck in flight until then).
+    let config = mqtt_config(&broker, "gridlake-acks", LP_SUBSCRIPTION).replace(
+        "batch_linger = \"2ms\"",
+        "batch_linger = \"300ms\"\nmax_inflight = 5",
+    );
+    let server = Server::start_with(Options::default().config(&config)).await;
+    wait_subscribed(&server).await;
+    const N: usize = 60;
+    publish_all(broker.port(), "test-publisher", lp_messages(N, "s1")).await;
+    wait_count(&server, "SELECT count(*) AS n FROM meter", N as i64).await;
+    assert_exactly_once(&server, N).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while metric(&server, "gridlake_mqtt_unacked_messages").await != Some(0.0) {
+        assert!(Instant::now() < deadline, "messages stay unacknowledged");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Every message was decoded once: none was redelivered for a lost acknowledgement.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        metric(
+            &server,
+            "gridlake_mqtt_messages_total{subscription=\"line_protocol\",outcome=\"stored\"}"
+        )
+        .await,
+        Some(N as f64)
+    );
+    assert_eq!(
+        metric(&server, "gridlake_mqtt_connection_failures_total").await,
+        Some(0.0)
+    );
+    assert!(
+        !server.log().contains("PUBACK"),
+        "no acknowledgement may be dropped:\n{}",
+        server.log()
+    );
+}

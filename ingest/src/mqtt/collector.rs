@@ -22,7 +22,7 @@
 //! The eventloop runs in a task of its own that does nothing but poll it, so that keep-
 //! alives and acknowledgements flow while the collector waits for the store.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -502,11 +502,12 @@ impl Collector {
             merge(&mut batch, extra);
         }
 
+        // Counted per (subscription, outcome) here and added to the metrics once per
+        // batch: a label lookup per message would cost a string copy and a lock each.
+        let mut messages_by: HashMap<(Option<usize>, &'static str), u64> = HashMap::new();
+        let mut readings_by: HashMap<Option<usize>, u64> = HashMap::new();
         let mut acks = Vec::with_capacity(messages.len());
         for (message, failed) in messages.into_iter().zip(failed_rows) {
-            let subscription = message
-                .route
-                .map_or_else(|| "-".to_string(), |i| self.routes[i].name.clone());
             let stored = message.rows - failed;
             let outcome = match (message.errors.is_empty(), stored) {
                 (true, 0) => "empty",
@@ -514,24 +515,33 @@ impl Collector {
                 (false, 0) => "rejected",
                 (false, _) => "partial",
             };
+            *messages_by.entry((message.route, outcome)).or_default() += 1;
             if stored > 0 {
-                self.metrics
-                    .readings
-                    .get_or_create(&SubscriptionLabels {
-                        subscription: subscription.clone(),
-                    })
-                    .inc_by(stored as u64);
+                *readings_by.entry(message.route).or_default() += stored as u64;
             }
-            self.metrics
-                .messages
-                .get_or_create(&MessageLabels {
-                    subscription,
-                    outcome,
-                })
-                .inc();
             if message.publish.qos != QoS::AtMostOnce {
                 acks.push((message.publish, message.generation));
             }
+        }
+        let name = |route: Option<usize>| {
+            route.map_or_else(|| "-".to_string(), |i| self.routes[i].name.clone())
+        };
+        for ((route, outcome), count) in messages_by {
+            self.metrics
+                .messages
+                .get_or_create(&MessageLabels {
+                    subscription: name(route),
+                    outcome,
+                })
+                .inc_by(count);
+        }
+        for (route, count) in readings_by {
+            self.metrics
+                .readings
+                .get_or_create(&SubscriptionLabels {
+                    subscription: name(route),
+                })
+                .inc_by(count);
         }
         self.ready.push_back(Ready { batch, acks });
     }
@@ -764,7 +774,7 @@ fn reading_to_line(
     source: &str,
 ) -> Result<ParsedLine, String> {
     let table = reading.table;
-    let mut tags: Vec<(String, String)> = reading
+    let tags: Vec<(String, String)> = reading
         .tags
         .into_iter()
         .filter(|(_, v)| !v.is_empty())
@@ -788,10 +798,9 @@ fn reading_to_line(
     }
     let mut row = Row {
         time: reading.time,
-        tags: Vec::new(),
+        tags,
         fields,
     };
-    std::mem::swap(&mut row.tags, &mut tags);
     add_context_tags(&mut row, context).map_err(|e| format!("{table}: {e}"))?;
     let mut line = ParsedLine {
         line: number,

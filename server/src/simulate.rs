@@ -29,6 +29,7 @@ use clap::{Args, Subcommand};
 use devices::sim::{
     DEFAULT_PREFIX, DeviceSim, Fleet, FleetConfig, Mix, Schedule, SimError, SimKind,
 };
+use ingest::mqtt::BrokerUrl;
 use rumqttc::Outgoing;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{Packet, PubAckReason};
@@ -276,40 +277,16 @@ impl Plan {
             url: args.broker.clone(),
             reason: reason.to_string(),
         };
-        let url = url::Url::parse(&args.broker).map_err(|e| broker_error(&e.to_string()))?;
-        match url.scheme() {
-            "mqtt" | "tcp" => {}
-            "mqtts" | "ssl" | "ws" | "wss" => {
-                return Err(broker_error(
-                    "the simulator speaks plain MQTT over TCP only; use mqtt://host:port",
-                ));
-            }
-            other => {
-                return Err(broker_error(&format!(
-                    "unknown scheme {other:?}; use mqtt://host:port"
-                )));
-            }
-        }
-        let host = url
-            .host_str()
-            .filter(|h| !h.is_empty())
-            .ok_or_else(|| broker_error("no host; use mqtt://host:port"))?
-            .to_string();
-        if !matches!(url.path(), "" | "/") || url.query().is_some() {
+        let broker = BrokerUrl::parse(&args.broker).map_err(|e| broker_error(&e))?;
+        if broker.tls {
             return Err(broker_error(
-                "a broker URL has no path or query; use mqtt://host:port",
+                "the simulator speaks plain MQTT over TCP only; use mqtt://host:port",
             ));
         }
-        let port = url.port().unwrap_or(1883);
+        let (host, port) = (broker.host, broker.port);
         // Credentials in the URL, unless the flags name them.
-        let username = args
-            .username
-            .clone()
-            .or_else(|| (!url.username().is_empty()).then(|| url.username().to_string()));
-        let password = args
-            .password
-            .clone()
-            .or_else(|| url.password().map(str::to_string));
+        let username = args.username.clone().or(broker.username);
+        let password = args.password.clone().or(broker.password);
 
         let flag = |flag: &'static str, reason: String| SimulateError::Flag { flag, reason };
         if !(args.rate.is_finite() && args.rate >= 0.0) {

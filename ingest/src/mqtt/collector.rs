@@ -37,7 +37,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use super::config::{MqttConfig, PayloadDecoder, Route, TlsConfig};
+use super::config::{BrokerUrl, MqttConfig, PayloadDecoder, Route, TlsConfig};
 use super::metrics::{MessageLabels, MqttMetrics, SubscriptionLabels};
 use crate::canonical::apply_canonical;
 use crate::checks::{check_field_keys, sort_tags};
@@ -844,29 +844,12 @@ fn prepare(config: &MqttConfig) -> Result<(Vec<Route>, MqttOptions), MqttConfigE
 /// rumqttc options from the configuration.
 fn mqtt_options(config: &MqttConfig) -> Result<MqttOptions, MqttConfigError> {
     let bad = |msg: String| MqttConfigError(format!("mqtt.broker {:?}: {msg}", config.broker));
-    let url = url::Url::parse(&config.broker).map_err(|e| bad(e.to_string()))?;
-    let tls = match url.scheme() {
-        "mqtt" | "tcp" => false,
-        "mqtts" | "ssl" => true,
-        other => {
-            return Err(bad(format!(
-                "unsupported scheme {other:?}; use mqtt:// or mqtts://"
-            )));
-        }
-    };
-    let host = url
-        .host_str()
-        .filter(|h| !h.is_empty())
-        .ok_or_else(|| bad("no host".to_string()))?
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_string();
-    let port = url.port().unwrap_or(if tls { 8883 } else { 1883 });
+    let broker = BrokerUrl::parse(&config.broker).map_err(bad)?;
     let client_id = config.client_id.clone().unwrap_or_else(default_client_id);
     if client_id.is_empty() {
         return Err(MqttConfigError("mqtt.client_id is empty".to_string()));
     }
-    let mut options = MqttOptions::new(client_id, host, port);
+    let mut options = MqttOptions::new(client_id, broker.host, broker.port);
     options.set_keep_alive(config.keep_alive.max(Duration::from_secs(1)));
     options.set_manual_acks(true);
     let expiry = u32::try_from(config.session_expiry.as_secs()).unwrap_or(u32::MAX);
@@ -876,14 +859,8 @@ fn mqtt_options(config: &MqttConfig) -> Result<MqttOptions, MqttConfigError> {
     }
     options.set_receive_maximum(Some(config.max_inflight));
     options.set_max_packet_size(Some(MAX_PACKET_SIZE));
-    let username = config
-        .username
-        .clone()
-        .or_else(|| (!url.username().is_empty()).then(|| url.username().to_string()));
-    let password = config
-        .password
-        .clone()
-        .or_else(|| url.password().map(str::to_string));
+    let username = config.username.clone().or(broker.username);
+    let password = config.password.clone().or(broker.password);
     if let Some(username) = username {
         options.set_credentials(username, password.unwrap_or_default());
     } else if password.is_some() {
@@ -891,7 +868,7 @@ fn mqtt_options(config: &MqttConfig) -> Result<MqttOptions, MqttConfigError> {
             "mqtt.password is set but mqtt.username is not".to_string(),
         ));
     }
-    if tls {
+    if broker.tls {
         options.set_transport(Transport::tls_with_config(tls_config(&config.tls)?));
     } else if config.tls != TlsConfig::default() {
         return Err(bad(

@@ -83,6 +83,56 @@ impl Default for MqttConfig {
     }
 }
 
+/// A broker address: `mqtt://[user[:password]@]host[:port]`, or `mqtts://` for TLS
+/// (`tcp://` and `ssl://` are accepted as synonyms). The collector and the simulator
+/// both read their broker from one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerUrl {
+    /// Host name or IP address (IPv6 without brackets).
+    pub host: String,
+    /// Port; 1883 by default, 8883 with TLS.
+    pub port: u16,
+    /// Whether the URL asks for TLS.
+    pub tls: bool,
+    /// User name from the URL, if any.
+    pub username: Option<String>,
+    /// Password from the URL, if any.
+    pub password: Option<String>,
+}
+
+impl BrokerUrl {
+    /// Parses `text`; the error says what is wrong, without repeating the URL.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let url = url::Url::parse(text).map_err(|e| e.to_string())?;
+        let tls = match url.scheme() {
+            "mqtt" | "tcp" => false,
+            "mqtts" | "ssl" => true,
+            other => {
+                return Err(format!(
+                    "unknown scheme {other:?}; use mqtt://host:port or mqtts://host:port"
+                ));
+            }
+        };
+        let host = url
+            .host_str()
+            .filter(|h| !h.is_empty())
+            .ok_or_else(|| "no host; use mqtt://host:port".to_string())?
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        if !matches!(url.path(), "" | "/") || url.query().is_some() {
+            return Err("a broker URL has no path or query; use mqtt://host:port".to_string());
+        }
+        Ok(Self {
+            host,
+            port: url.port().unwrap_or(if tls { 8883 } else { 1883 }),
+            tls,
+            username: (!url.username().is_empty()).then(|| url.username().to_string()),
+            password: url.password().map(str::to_string),
+        })
+    }
+}
+
 /// TLS for `mqtts://` brokers.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -297,5 +347,37 @@ impl SubscriptionConfig {
                 .collect(),
             decoder,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn broker_urls_give_host_port_tls_and_credentials() {
+        let b = BrokerUrl::parse("mqtts://user:pw@[::1]").unwrap();
+        assert_eq!(
+            b,
+            BrokerUrl {
+                host: "::1".into(),
+                port: 8883,
+                tls: true,
+                username: Some("user".into()),
+                password: Some("pw".into()),
+            }
+        );
+        let b = BrokerUrl::parse("tcp://broker:1884/").unwrap();
+        assert_eq!((b.host.as_str(), b.port, b.tls), ("broker", 1884, false));
+        assert!(
+            BrokerUrl::parse("mqtt://h/topic")
+                .unwrap_err()
+                .contains("no path")
+        );
+        assert!(
+            BrokerUrl::parse("ws://h")
+                .unwrap_err()
+                .contains("unknown scheme")
+        );
     }
 }

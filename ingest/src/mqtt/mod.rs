@@ -8,5 +8,5 @@ mod metrics;
 mod topic;
 
 pub use collector::{MqttCollector, MqttConfigError};
-pub use config::{DecoderKind, MqttConfig, SubscriptionConfig, TlsConfig};
+pub use config::{BrokerUrl, DecoderKind, MqttConfig, SubscriptionConfig, TlsConfig};
 pub use metrics::MqttMetrics;

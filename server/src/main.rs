@@ -2,6 +2,12 @@
 
 use std::process::ExitCode;
 
+/// mimalloc instead of the system allocator: the write path allocates and frees small
+/// strings and vectors per line on several threads at once, where glibc's malloc spent
+/// a third of the server's CPU time in a profile of the HTTP write loop.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     match server::run_cli() {
         Ok(()) => ExitCode::SUCCESS,

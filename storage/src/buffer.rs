@@ -1,24 +1,27 @@
 //! The write buffer: rows that are in the WAL but not yet in Parquet, kept as Arrow.
 //!
-//! Each table appends into one set of Arrow builders, one per column. Every
-//! [`FREEZE_ROWS`] rows the builders are finished into an immutable [`RecordBatch`], so a
-//! query copies at most one partly filled chunk and shares the rest.
+//! Producers turn their rows into one [`RecordBatch`] per table ([`rows_to_batch`]) on
+//! their own threads; the WAL writer only appends those immutable batches, so a query
+//! shares them without copying. Small batches are merged into chunks of about
+//! [`FREEZE_ROWS`] rows.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
 use arrow::array::{
-    ArrayBuilder, ArrayRef, BooleanBuilder, Float64Builder, Int64Builder, StringBuilder,
-    StringDictionaryBuilder, TimestampNanosecondBuilder, UInt64Builder,
+    ArrayBuilder, ArrayRef, BooleanBuilder, Float64Builder, Int64Builder, RecordBatchOptions,
+    StringBuilder, StringDictionaryBuilder, TimestampNanosecondBuilder, UInt64Builder,
 };
-use arrow::datatypes::{Int32Type, Schema};
+use arrow::compute::concat_batches;
+use arrow::datatypes::Int32Type;
 use arrow::record_batch::RecordBatch;
 
-use crate::schema::{ColumnKind, TableSchema};
-use crate::types::{FieldType, FieldValue, Row, TableWrite};
+use crate::persist::conform;
+use crate::schema::{ColumnKind, KeySlots, TableSchema};
+use crate::types::{FieldType, FieldValue, Row};
 
-/// Rows per frozen batch.
+/// Rows per merged chunk of small batches.
 pub(crate) const FREEZE_ROWS: usize = 16 * 1024;
 
 enum ColumnBuilder {
@@ -74,46 +77,26 @@ impl ColumnBuilder {
 
     /// Appends a field value. Validation guarantees the value has the column's type; a
     /// mismatch (which would be a bug) is stored as null rather than panicking.
-    fn append_field(&mut self, v: &FieldValue) -> usize {
+    fn append_field(&mut self, v: &FieldValue) {
         match (self, v) {
-            (Self::F64(b), FieldValue::F64(v)) => {
-                b.append_value(*v);
-                8
-            }
-            (Self::I64(b), FieldValue::I64(v)) => {
-                b.append_value(*v);
-                8
-            }
-            (Self::U64(b), FieldValue::U64(v)) => {
-                b.append_value(*v);
-                8
-            }
-            (Self::Bool(b), FieldValue::Bool(v)) => {
-                b.append_value(*v);
-                1
-            }
-            (Self::Str(b), FieldValue::String(v)) => {
-                b.append_value(v);
-                v.len() + 4
-            }
+            (Self::F64(b), FieldValue::F64(v)) => b.append_value(*v),
+            (Self::I64(b), FieldValue::I64(v)) => b.append_value(*v),
+            (Self::U64(b), FieldValue::U64(v)) => b.append_value(*v),
+            (Self::Bool(b), FieldValue::Bool(v)) => b.append_value(*v),
+            (Self::Str(b), FieldValue::String(v)) => b.append_value(v),
             (b, v) => {
                 debug_assert!(false, "validated value {v:?} does not fit column");
                 b.append_nulls(1);
-                0
             }
         }
     }
 
-    fn append_tag(&mut self, v: &str) -> usize {
+    fn append_tag(&mut self, v: &str) {
         match self {
-            Self::Tag(b) => {
-                b.append_value(v);
-                4
-            }
+            Self::Tag(b) => b.append_value(v),
             b => {
                 debug_assert!(false, "tag value for a non-tag column");
                 b.append_nulls(1);
-                0
             }
         }
     }
@@ -130,18 +113,6 @@ impl ColumnBuilder {
         }
     }
 
-    fn finish_cloned(&self) -> ArrayRef {
-        match self {
-            Self::Time(b) => Arc::new(b.finish_cloned()),
-            Self::Tag(b) => Arc::new(b.finish_cloned()),
-            Self::F64(b) => Arc::new(b.finish_cloned()),
-            Self::I64(b) => Arc::new(b.finish_cloned()),
-            Self::U64(b) => Arc::new(b.finish_cloned()),
-            Self::Bool(b) => Arc::new(b.finish_cloned()),
-            Self::Str(b) => Arc::new(b.finish_cloned()),
-        }
-    }
-
     fn len(&self) -> usize {
         match self {
             Self::Time(b) => b.len(),
@@ -155,126 +126,134 @@ impl ColumnBuilder {
     }
 }
 
+/// Builds one Arrow batch from validated rows of one table: `schema` is the table's
+/// schema at validation time and covers every column the rows use. Columns a row lacks
+/// are null. This runs on the producer's thread (an HTTP request, the MQTT collector),
+/// not on the WAL writer, so that converting rows to columns scales with the cores.
+pub(crate) fn rows_to_batch(schema: &TableSchema, rows: &[Row]) -> RecordBatch {
+    let columns = schema.columns();
+    let mut builders: Vec<ColumnBuilder> =
+        columns.iter().map(|c| ColumnBuilder::new(c.kind)).collect();
+    let mut set = vec![false; builders.len()];
+    let mut slots = KeySlots::default();
+    for row in rows {
+        set.fill(false);
+        if let ColumnBuilder::Time(b) = &mut builders[0] {
+            b.append_value(row.time);
+        }
+        set[0] = true;
+        for (n, (k, v)) in row.tags.iter().enumerate() {
+            if let Some(i) = slots.tag(n, k, schema) {
+                builders[i].append_tag(v);
+                set[i] = true;
+            }
+        }
+        for (n, (k, v)) in row.fields.iter().enumerate() {
+            if let Some(i) = slots.field(n, k, schema) {
+                builders[i].append_field(v);
+                set[i] = true;
+            }
+        }
+        for (b, set) in builders.iter_mut().zip(&set) {
+            if !set {
+                b.append_nulls(1);
+            }
+        }
+    }
+    let arrays: Vec<ArrayRef> = builders.iter_mut().map(ColumnBuilder::finish).collect();
+    let options = RecordBatchOptions::new().with_row_count(Some(rows.len()));
+    // The builders were made from this schema's columns, so this cannot fail.
+    RecordBatch::try_new_with_options(Arc::clone(schema.arrow_schema()), arrays, &options)
+        .expect("builders follow the schema they were made from")
+}
+
+/// Batches smaller than this are collected and merged before they become a chunk, so
+/// that many small writes (one MQTT message, one reading) do not leave queries a
+/// long list of tiny batches to walk.
+const SMALL_BATCH_ROWS: usize = 4096;
+
 /// Unpersisted rows of one table.
 #[derive(Debug)]
 pub(crate) struct TableBuffer {
-    /// The schema the builders follow; a prefix of (or equal to) the table's schema.
+    /// The newest schema seen; every batch's columns are a prefix of its columns.
     schema: Arc<TableSchema>,
-    builders: Vec<ColumnBuilder>,
+    /// Chunks in write order.
     frozen: Vec<RecordBatch>,
-    /// Scratch: which columns the current row set.
-    set: Vec<bool>,
+    /// Small batches after the last chunk, in write order, waiting to be merged.
+    small: Vec<RecordBatch>,
+    small_rows: usize,
     rows: usize,
     bytes: usize,
 }
 
 impl TableBuffer {
     fn new(schema: Arc<TableSchema>) -> Self {
-        let builders = schema
-            .columns()
-            .iter()
-            .map(|c| ColumnBuilder::new(c.kind))
-            .collect();
         Self {
             schema,
-            builders,
             frozen: Vec::new(),
-            set: Vec::new(),
+            small: Vec::new(),
+            small_rows: 0,
             rows: 0,
             bytes: 0,
         }
     }
 
-    fn open_rows(&self) -> usize {
-        self.builders.first().map_or(0, ColumnBuilder::len)
-    }
-
-    /// Follows a grown table schema: new builders start with nulls for the open rows.
-    fn adopt(&mut self, schema: &Arc<TableSchema>) {
-        if schema.columns().len() == self.builders.len() {
+    fn append(&mut self, schema: &Arc<TableSchema>, batch: RecordBatch) {
+        if schema.columns().len() > self.schema.columns().len() {
+            self.schema = Arc::clone(schema);
+        }
+        let rows = batch.num_rows();
+        if rows == 0 {
             return;
         }
-        let open = self.open_rows();
-        for c in &schema.columns()[self.builders.len()..] {
-            let mut b = ColumnBuilder::new(c.kind);
-            b.append_nulls(open);
-            self.builders.push(b);
-        }
-        self.schema = Arc::clone(schema);
-    }
-
-    fn append(&mut self, schema: &Arc<TableSchema>, rows: &[Row]) {
-        self.adopt(schema);
-        self.set.resize(self.builders.len(), false);
-        for row in rows {
-            self.set.fill(false);
-            let mut bytes = 8;
-            if let ColumnBuilder::Time(b) = &mut self.builders[0] {
-                b.append_value(row.time);
-            }
-            self.set[0] = true;
-            for (k, v) in &row.tags {
-                if let Some(i) = self.schema.position(k) {
-                    bytes += self.builders[i].append_tag(v);
-                    self.set[i] = true;
-                }
-            }
-            for (k, v) in &row.fields {
-                if let Some(i) = self.schema.position(k) {
-                    bytes += self.builders[i].append_field(v);
-                    self.set[i] = true;
-                }
-            }
-            for (b, set) in self.builders.iter_mut().zip(&self.set) {
-                if !set {
-                    b.append_nulls(1);
-                }
-            }
-            self.rows += 1;
-            self.bytes += bytes;
-            if self.open_rows() >= FREEZE_ROWS {
+        self.rows += rows;
+        self.bytes += batch.get_array_memory_size();
+        if rows >= SMALL_BATCH_ROWS {
+            self.freeze();
+            self.frozen.push(batch);
+        } else {
+            self.small_rows += rows;
+            self.small.push(batch);
+            if self.small_rows >= FREEZE_ROWS {
                 self.freeze();
             }
         }
     }
 
-    fn arrow_schema(&self) -> Arc<Schema> {
-        // Builders cover the schema's columns exactly (adopt keeps them in step).
-        Arc::clone(self.schema.arrow_schema())
-    }
-
+    /// Merges the small batches into one chunk.
     fn freeze(&mut self) {
-        if self.open_rows() == 0 {
-            return;
+        match self.small.len() {
+            0 => return,
+            1 => self.frozen.extend(self.small.pop()),
+            _ => {
+                let target = self.schema.arrow_schema();
+                let merged = self
+                    .small
+                    .iter()
+                    .map(|b| conform(b, target))
+                    .collect::<crate::error::Result<Vec<_>>>()
+                    .and_then(|bs| Ok(concat_batches(target, &bs)?));
+                match merged {
+                    Ok(batch) => {
+                        self.frozen.push(batch);
+                        self.small.clear();
+                    }
+                    // Batches conform to a schema that extends theirs, so this is a bug;
+                    // keeping them unmerged loses nothing.
+                    Err(e) => {
+                        tracing::error!(error = %e, "write buffer could not merge small batches");
+                        self.frozen.append(&mut self.small);
+                    }
+                }
+            }
         }
-        let columns = self
-            .builders
-            .iter_mut()
-            .map(ColumnBuilder::finish)
-            .collect();
-        match RecordBatch::try_new(self.arrow_schema(), columns) {
-            Ok(batch) => self.frozen.push(batch),
-            // Builders are built from the schema they are checked against.
-            Err(e) => tracing::error!(error = %e, "write buffer could not freeze a chunk"),
-        }
+        self.small_rows = 0;
     }
 
     /// Every buffered row, as batches in write order. Each batch's columns are a prefix
     /// of the current table schema's columns.
     fn batches(&self) -> Vec<RecordBatch> {
-        let mut out = self.frozen.clone();
-        if self.open_rows() > 0 {
-            let columns = self
-                .builders
-                .iter()
-                .map(ColumnBuilder::finish_cloned)
-                .collect();
-            match RecordBatch::try_new(self.arrow_schema(), columns) {
-                Ok(batch) => out.push(batch),
-                Err(e) => tracing::error!(error = %e, "write buffer could not copy a chunk"),
-            }
-        }
-        out
+        self.frozen.iter().chain(&self.small).cloned().collect()
     }
 }
 
@@ -288,15 +267,18 @@ pub(crate) struct WriteBuffer {
 }
 
 impl WriteBuffer {
-    /// Appends the rows of one table; `schema` is the table's current schema and covers
-    /// every column the rows use.
-    pub(crate) fn append(&mut self, schema: &Arc<TableSchema>, write: &TableWrite) {
-        let t = self
-            .tables
-            .entry(write.table.clone())
-            .or_insert_with(|| TableBuffer::new(Arc::clone(schema)));
+    /// Appends a batch of one table; `schema` is the table's current schema and
+    /// extends the batch's.
+    pub(crate) fn append(&mut self, table: &str, schema: &Arc<TableSchema>, batch: RecordBatch) {
+        let t = match self.tables.get_mut(table) {
+            Some(t) => t,
+            None => self
+                .tables
+                .entry(table.to_owned())
+                .or_insert_with(|| TableBuffer::new(Arc::clone(schema))),
+        };
         let (rows, bytes) = (t.rows, t.bytes);
-        t.append(schema, &write.rows);
+        t.append(schema, batch);
         self.rows += t.rows - rows;
         self.bytes += t.bytes - bytes;
         if self.oldest.is_none() && self.rows > 0 {
@@ -332,7 +314,7 @@ impl WriteBuffer {
         self.rows
     }
 
-    /// Approximate bytes of buffered values.
+    /// Bytes of buffered Arrow data.
     pub(crate) fn bytes(&self) -> usize {
         self.bytes
     }
@@ -366,22 +348,54 @@ mod tests {
     }
 
     #[test]
-    fn grows_columns_with_nulls_and_freezes_chunks() {
+    fn rows_become_columns_with_nulls_for_missing_values() {
+        let s = schema(&[
+            ("device_id", ColumnKind::Tag),
+            ("power_w", ColumnKind::Field(FieldType::F64)),
+            ("status", ColumnKind::Field(FieldType::String)),
+        ]);
+        let mut second = row(2, "b", 2.0);
+        // Keys in another order than the previous row: the slot cache must not be fooled.
+        second.fields = vec![
+            ("status".into(), FieldValue::String("ok".into())),
+            ("power_w".into(), FieldValue::F64(2.0)),
+        ];
+        let batch = rows_to_batch(&s, &[row(1, "a", 1.0), second, row(3, "a", 3.0)]);
+        assert_eq!(batch.num_rows(), 3);
+        assert_eq!(batch.num_columns(), 4);
+        let power = batch
+            .column(2)
+            .as_any()
+            .downcast_ref::<arrow::array::Float64Array>()
+            .unwrap();
+        assert_eq!(power.values().to_vec(), vec![1.0, 2.0, 3.0]);
+        let status = batch
+            .column(3)
+            .as_any()
+            .downcast_ref::<arrow::array::StringArray>()
+            .unwrap();
+        assert_eq!(arrow::array::Array::null_count(status), 2);
+        assert_eq!(status.value(1), "ok");
+    }
+
+    #[test]
+    fn small_batches_merge_into_chunks_and_schemas_grow() {
         let s1 = schema(&[
             ("device_id", ColumnKind::Tag),
             ("power_w", ColumnKind::Field(FieldType::F64)),
         ]);
         let mut buf = WriteBuffer::default();
-        let rows: Vec<Row> = (0..FREEZE_ROWS as i64 + 3)
+        let big: Vec<Row> = (0..SMALL_BATCH_ROWS as i64)
             .map(|i| row(i, "a", i as f64))
             .collect();
-        buf.append(
-            &s1,
-            &TableWrite {
-                table: "meter".into(),
-                rows,
-            },
-        );
+        buf.append("meter", &s1, rows_to_batch(&s1, &big));
+        for i in 0..3 {
+            buf.append(
+                "meter",
+                &s1,
+                rows_to_batch(&s1, &[row(10_000 + i, "b", 1.0)]),
+            );
+        }
         let s2 = Arc::new(s1.extended([ColumnDef {
             name: "status".into(),
             kind: ColumnKind::Field(FieldType::String),
@@ -389,32 +403,43 @@ mod tests {
         let mut r = row(1_000_000, "b", 1.0);
         r.fields
             .push(("status".into(), FieldValue::String("ok".into())));
-        buf.append(
-            &s2,
-            &TableWrite {
-                table: "meter".into(),
-                rows: vec![r],
-            },
-        );
+        buf.append("meter", &s2, rows_to_batch(&s2, &[r]));
         let batches = buf.table_batches("meter");
-        assert_eq!(batches.len(), 2);
-        assert_eq!(batches[0].num_rows(), FREEZE_ROWS);
-        assert_eq!(batches[0].num_columns(), 3);
-        let open = &batches[1];
-        assert_eq!(open.num_rows(), 4);
-        assert_eq!(open.num_columns(), 4);
-        assert_eq!(open.column(3).null_count(), 3);
-        assert_eq!(buf.rows(), FREEZE_ROWS + 4);
+        // The big batch is a chunk of its own; the small ones wait, in write order.
+        assert_eq!(batches.len(), 5);
+        assert_eq!(batches[0].num_rows(), SMALL_BATCH_ROWS);
+        assert_eq!(batches[1].num_columns(), 3);
+        assert_eq!(batches[4].num_columns(), 4);
+        assert_eq!(buf.rows(), SMALL_BATCH_ROWS + 4);
 
         let taken = buf.take();
-        assert_eq!(
-            taken["meter"]
-                .iter()
-                .map(RecordBatch::num_rows)
-                .sum::<usize>(),
-            FREEZE_ROWS + 4
-        );
+        let meter = &taken["meter"];
+        // Taking merges the small batches into one chunk with the newest schema.
+        assert_eq!(meter.len(), 2);
+        assert_eq!(meter[1].num_rows(), 4);
+        assert_eq!(meter[1].num_columns(), 4);
+        assert_eq!(meter[1].column(3).null_count(), 3);
         assert_eq!(buf.rows(), 0);
         assert!(buf.table_batches("meter").is_empty());
+    }
+
+    #[test]
+    fn many_small_batches_are_merged_once_they_fill_a_chunk() {
+        let s = schema(&[
+            ("device_id", ColumnKind::Tag),
+            ("power_w", ColumnKind::Field(FieldType::F64)),
+        ]);
+        let mut buf = WriteBuffer::default();
+        let per = 1000;
+        let n = FREEZE_ROWS / per + 1;
+        for i in 0..n {
+            let rows: Vec<Row> = (0..per)
+                .map(|j| row((i * per + j) as i64, "a", 1.0))
+                .collect();
+            buf.append("meter", &s, rows_to_batch(&s, &rows));
+        }
+        let batches = buf.table_batches("meter");
+        assert_eq!(batches.len(), 1, "merged into one chunk");
+        assert_eq!(batches[0].num_rows(), n * per);
     }
 }

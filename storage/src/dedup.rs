@@ -29,19 +29,28 @@ pub(crate) fn last_write_wins(
             .collect(),
     )?;
     let total: usize = batches.iter().map(RecordBatch::num_rows).sum();
-    let mut seen: HashSet<Box<[u8]>> = HashSet::with_capacity(total);
+    // Convert every batch first so the set can borrow the keys instead of boxing each
+    // one; foldhash because SipHash showed up in profiles and these keys are not
+    // attacker-chosen in a way a DoS could exploit beyond the request that sent them.
+    let rows = batches
+        .iter()
+        .map(|batch| {
+            let keys: Vec<ArrayRef> = key_columns
+                .iter()
+                .map(|&i| batch.column(i).clone())
+                .collect();
+            converter.convert_columns(&keys)
+        })
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    let mut seen: HashSet<&[u8], foldhash::fast::RandomState> =
+        HashSet::with_capacity_and_hasher(total, foldhash::fast::RandomState::default());
     let mut masks = Vec::with_capacity(batches.len());
     let mut duplicates = 0;
     // Walk from the newest row back: the first time a key is seen is its last write.
-    for batch in batches.iter().rev() {
-        let keys: Vec<ArrayRef> = key_columns
-            .iter()
-            .map(|&i| batch.column(i).clone())
-            .collect();
-        let rows = converter.convert_columns(&keys)?;
-        let mut keep = vec![false; batch.num_rows()];
-        for i in (0..batch.num_rows()).rev() {
-            if seen.insert(rows.row(i).as_ref().into()) {
+    for rows in rows.iter().rev() {
+        let mut keep = vec![false; rows.num_rows()];
+        for i in (0..rows.num_rows()).rev() {
+            if seen.insert(rows.row(i).data()) {
                 keep[i] = true;
             } else {
                 duplicates += 1;

@@ -41,7 +41,8 @@ pub struct ColumnDef {
 #[derive(Debug, Clone)]
 pub struct TableSchema {
     columns: Vec<ColumnDef>,
-    index: HashMap<String, usize>,
+    /// Looked up for every tag and field of every row: foldhash rather than SipHash.
+    index: HashMap<String, usize, foldhash::fast::RandomState>,
     arrow: SchemaRef,
 }
 
@@ -108,9 +109,77 @@ impl TableSchema {
     }
 }
 
+/// Column positions of the keys of the previous row, by key position: rows of one
+/// request nearly always name the same columns in the same order, so comparing a key
+/// with the one the previous row had in its place is cheaper than hashing it.
+#[derive(Debug, Default)]
+pub(crate) struct KeySlots<'a> {
+    tags: Vec<(&'a str, usize)>,
+    fields: Vec<(&'a str, usize)>,
+}
+
+impl<'a> KeySlots<'a> {
+    /// Position of the `n`-th tag key of a row.
+    #[inline]
+    pub(crate) fn tag(&mut self, n: usize, key: &'a str, schema: &TableSchema) -> Option<usize> {
+        slot(&mut self.tags, n, key, schema)
+    }
+
+    /// Position of the `n`-th field key of a row.
+    #[inline]
+    pub(crate) fn field(&mut self, n: usize, key: &'a str, schema: &TableSchema) -> Option<usize> {
+        slot(&mut self.fields, n, key, schema)
+    }
+}
+
+#[inline]
+fn slot<'a>(
+    slots: &mut Vec<(&'a str, usize)>,
+    n: usize,
+    key: &'a str,
+    schema: &TableSchema,
+) -> Option<usize> {
+    if let Some((cached, i)) = slots.get(n)
+        && *cached == key
+    {
+        return Some(*i);
+    }
+    let i = schema.position(key)?;
+    if n < slots.len() {
+        slots[n] = (key, i);
+    } else if n == slots.len() {
+        slots.push((key, i));
+    }
+    Some(i)
+}
+
 impl Default for TableSchema {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+impl ColumnDef {
+    /// The column an Arrow field of a table's schema stands for, from its role metadata
+    /// and type; `None` for a field gridlake did not make.
+    pub(crate) fn from_arrow(field: &Field) -> Option<ColumnDef> {
+        let kind = match field.metadata().get(COLUMN_ROLE_KEY).map(String::as_str)? {
+            "time" if field.data_type() == &time_data_type() => ColumnKind::Time,
+            "tag" if field.data_type() == &tag_data_type() => ColumnKind::Tag,
+            "field" => ColumnKind::Field(match field.data_type() {
+                DataType::Float64 => FieldType::F64,
+                DataType::Int64 => FieldType::I64,
+                DataType::UInt64 => FieldType::U64,
+                DataType::Boolean => FieldType::Bool,
+                DataType::Utf8 => FieldType::String,
+                _ => return None,
+            }),
+            _ => return None,
+        };
+        Some(ColumnDef {
+            name: field.name().clone(),
+            kind,
+        })
     }
 }
 

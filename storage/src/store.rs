@@ -24,16 +24,16 @@ use futures_channel::oneshot;
 use parking_lot::{Mutex, RwLock};
 use prometheus_client::registry::Registry;
 
-use crate::buffer::WriteBuffer;
+use crate::buffer::{WriteBuffer, rows_to_batch};
 use crate::catalog::{Catalog, ParquetFile};
 use crate::config::StoreConfig;
 use crate::dedup::last_write_wins;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::persist::{self, conform, filter_time};
-use crate::schema::{ColumnDef, ColumnKind, TableSchema};
+use crate::schema::{ColumnDef, ColumnKind, KeySlots, TableSchema};
 use crate::types::{LineError, ParsedLine, TIME_COLUMN, TableWrite, TimeRange, WriteBatch};
-use crate::wal::{self, WalWriter};
+use crate::wal::{self, Record, WalWriter};
 
 /// How often the writer wakes up without writes, to check the snapshot age.
 const TICK: Duration = Duration::from_millis(250);
@@ -70,7 +70,7 @@ struct Shared {
 }
 
 struct WriteRequest {
-    batch: WriteBatch,
+    write: PreparedWrite,
     sync: bool,
     ack: oneshot::Sender<Result<()>>,
 }
@@ -82,12 +82,12 @@ enum Command {
 }
 
 impl Command {
-    /// The batch of a write that could not be queued. Only writes are sent by
+    /// The write that could not be queued. Only writes are sent by
     /// [`Store::try_submit`], so the other commands never come back through it.
-    fn into_batch(self) -> WriteBatch {
+    fn into_write(self) -> PreparedWrite {
         match self {
-            Command::Write(request) => request.batch,
-            Command::Persist(_) | Command::Shutdown(_) => WriteBatch::default(),
+            Command::Write(request) => request.write,
+            Command::Persist(_) | Command::Shutdown(_) => PreparedWrite::default(),
         }
     }
 }
@@ -126,6 +126,28 @@ pub struct StoreStats {
     pub parquet_bytes: u64,
     /// WAL segments on disk.
     pub wal_segments: usize,
+}
+
+/// A validated batch made ready for the WAL writer: its WAL record encoded and its rows
+/// turned into Arrow columns, one batch per table. [`Store::prepare`] does this on the
+/// caller's thread, so that the single writer thread only writes, fsyncs and appends.
+#[derive(Debug, Default)]
+pub struct PreparedWrite {
+    payload: Vec<u8>,
+    tables: Vec<(String, RecordBatch)>,
+    rows: usize,
+}
+
+impl PreparedWrite {
+    /// Rows over all tables.
+    pub fn row_count(&self) -> usize {
+        self.rows
+    }
+
+    /// True when there is nothing to write.
+    pub fn is_empty(&self) -> bool {
+        self.rows == 0
+    }
 }
 
 /// Completes when a submitted write is durable (or failed).
@@ -215,8 +237,8 @@ impl Store {
         });
 
         let started = Instant::now();
-        let replay = wal::replay(&shared.wal_dir, persisted_through, |_, batch| {
-            shared.apply_replayed(&batch)
+        let replay = wal::replay(&shared.wal_dir, persisted_through, |_, record| {
+            shared.apply_replayed(record)
         })?;
         tracing::info!(
             segments = replay.segments,
@@ -290,11 +312,18 @@ impl Store {
     pub fn validate(&self, lines: Vec<ParsedLine>) -> (WriteBatch, Vec<LineError>) {
         let mut groups: Vec<(String, Vec<ParsedLine>)> = Vec::new();
         let mut index: HashMap<String, usize> = HashMap::new();
+        let mut previous: Option<usize> = None;
         for line in lines {
-            let i = *index.entry(line.table.clone()).or_insert_with(|| {
-                groups.push((line.table.clone(), Vec::new()));
-                groups.len() - 1
-            });
+            // Requests are mostly runs of one table: compare with the previous line's
+            // table before hashing (and copying) the name.
+            let i = match previous {
+                Some(i) if groups[i].0 == line.table => i,
+                _ => *index.entry(line.table.clone()).or_insert_with(|| {
+                    groups.push((line.table.clone(), Vec::new()));
+                    groups.len() - 1
+                }),
+            };
+            previous = Some(i);
             groups[i].1.push(line);
         }
         let mut batch = WriteBatch::default();
@@ -313,33 +342,72 @@ impl Store {
         (batch, errors)
     }
 
-    /// Hands a validated batch to the WAL writer. Returns at once; the receipt completes
-    /// when the batch is durable (fsynced, unless `sync` is false) and queryable.
-    pub fn submit(&self, batch: WriteBatch, sync: bool) -> Result<WriteReceipt> {
-        self.try_submit(batch, sync).map_err(|(e, _)| e)
+    /// Makes a validated batch ready for the WAL writer: encodes its WAL record and
+    /// builds its Arrow columns. CPU work proportional to the batch; call it on the
+    /// producer's thread (it takes no lock but a brief read lock on the schemas).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Wal`] when the batch is too large for one WAL record, and
+    /// [`Error::TableNotFound`] for a table that [`Store::validate`] did not create.
+    pub fn prepare(&self, batch: WriteBatch) -> Result<PreparedWrite> {
+        let mut tables = Vec::with_capacity(batch.tables.len());
+        let mut rows = 0;
+        for t in batch.tables {
+            if t.rows.is_empty() {
+                continue;
+            }
+            let schema = self
+                .shared
+                .schemas
+                .read()
+                .get(&t.table)
+                .cloned()
+                .ok_or_else(|| Error::TableNotFound(t.table.clone()))?;
+            rows += t.rows.len();
+            tables.push((t.table, rows_to_batch(&schema, &t.rows)));
+        }
+        let payload = wal::encode(&tables)?;
+        Ok(PreparedWrite {
+            payload,
+            tables,
+            rows,
+        })
     }
 
-    /// Like [`Store::submit`], but hands the batch back with the error, so that a
-    /// producer that cannot ask its client to retry (the MQTT collector, whose messages
-    /// are already received) can keep it and try again when the queue is no longer full
-    /// ([`Error::Busy`]).
+    /// Hands a validated batch to the WAL writer ([`Store::prepare`], then
+    /// [`Store::submit_prepared`]). Returns at once; the receipt completes when the
+    /// batch is durable (fsynced, unless `sync` is false) and queryable.
+    pub fn submit(&self, batch: WriteBatch, sync: bool) -> Result<WriteReceipt> {
+        self.submit_prepared(self.prepare(batch)?, sync)
+    }
+
+    /// Hands a prepared write to the WAL writer; see [`Store::submit`].
+    pub fn submit_prepared(&self, write: PreparedWrite, sync: bool) -> Result<WriteReceipt> {
+        self.try_submit(write, sync).map_err(|(e, _)| e)
+    }
+
+    /// Like [`Store::submit_prepared`], but hands the write back with the error, so
+    /// that a producer that cannot ask its client to retry (the MQTT collector, whose
+    /// messages are already received) can keep it and try again when the queue is no
+    /// longer full ([`Error::Busy`]).
     pub fn try_submit(
         &self,
-        batch: WriteBatch,
+        write: PreparedWrite,
         sync: bool,
-    ) -> std::result::Result<WriteReceipt, (Error, WriteBatch)> {
+    ) -> std::result::Result<WriteReceipt, (Error, PreparedWrite)> {
         let Some(tx) = &self.handle.tx else {
-            return Err((Error::ReadOnly, batch));
+            return Err((Error::ReadOnly, write));
         };
         if self.shared.closing.load(Ordering::Acquire) {
-            return Err((Error::ShuttingDown, batch));
+            return Err((Error::ShuttingDown, write));
         }
         let (ack, rx) = oneshot::channel();
-        match tx.try_send(Command::Write(WriteRequest { batch, sync, ack })) {
+        match tx.try_send(Command::Write(WriteRequest { write, sync, ack })) {
             Ok(()) => Ok(WriteReceipt(rx)),
-            Err(TrySendError::Full(command)) => Err((Error::Busy, command.into_batch())),
+            Err(TrySendError::Full(command)) => Err((Error::Busy, command.into_write())),
             Err(TrySendError::Disconnected(command)) => {
-                Err((Error::WriterGone, command.into_batch()))
+                Err((Error::WriterGone, command.into_write()))
             }
         }
     }
@@ -492,13 +560,25 @@ enum Check {
 }
 
 fn check_line(schema: &TableSchema, table: &str, line: &ParsedLine) -> Check {
+    check_line_with(schema, table, line, &mut KeySlots::default())
+}
+
+/// [`check_line`] for one of many lines of a table, remembering where the previous
+/// line's keys were.
+fn check_line_with<'a>(
+    schema: &TableSchema,
+    table: &str,
+    line: &'a ParsedLine,
+    slots: &mut KeySlots<'a>,
+) -> Check {
     let row = &line.row;
     if row.fields.is_empty() {
         return Check::Reject("a line needs at least one field".into());
     }
+    let kind = |i: usize| schema.columns()[i].kind;
     let mut new = Vec::new();
-    for (k, _) in &row.tags {
-        match schema.kind(k) {
+    for (n, (k, _)) in row.tags.iter().enumerate() {
+        match slots.tag(n, k, schema).map(kind) {
             Some(ColumnKind::Tag) => {}
             Some(ColumnKind::Time) => {
                 return Check::Reject(format!("{TIME_COLUMN:?} is reserved and cannot be a tag"));
@@ -514,9 +594,9 @@ fn check_line(schema: &TableSchema, table: &str, line: &ParsedLine) -> Check {
             }),
         }
     }
-    for (k, v) in &row.fields {
+    for (n, (k, v)) in row.fields.iter().enumerate() {
         let got = v.field_type();
-        match schema.kind(k) {
+        match slots.field(n, k, schema).map(kind) {
             Some(ColumnKind::Field(t)) if t == got => {}
             Some(ColumnKind::Field(t)) => {
                 return Check::Reject(format!(
@@ -556,8 +636,9 @@ impl Shared {
         if let Some(schema) = self.schemas.read().get(table).cloned() {
             let mut checks = Vec::with_capacity(lines.len());
             let mut grows = false;
+            let mut slots = KeySlots::default();
             for line in &lines {
-                let c = check_line(&schema, table, line);
+                let c = check_line_with(&schema, table, line, &mut slots);
                 grows |= matches!(c, Check::NeedsColumns(_));
                 if grows {
                     break;
@@ -590,7 +671,57 @@ impl Shared {
     }
 
     /// Replays one WAL record into schemas and buffer.
-    fn apply_replayed(&self, batch: &WriteBatch) {
+    fn apply_replayed(&self, record: Record) {
+        match record {
+            Record::Columns(tables) => {
+                for (table, batch) in tables {
+                    self.apply_replayed_columns(&table, &batch);
+                }
+            }
+            Record::Rows(batch) => self.apply_replayed_rows(&batch),
+        }
+    }
+
+    /// Replays one table of a WAL record: the batch's columns join the table's schema
+    /// (they were in it when the write was accepted, unless the catalog lost them).
+    fn apply_replayed_columns(&self, table: &str, batch: &RecordBatch) {
+        let mut schemas = self.schemas.write();
+        let mut schema = schemas
+            .get(table)
+            .map_or_else(TableSchema::new, |s| (**s).clone());
+        let mut new = Vec::new();
+        for field in batch.schema().fields() {
+            let Some(def) = ColumnDef::from_arrow(field) else {
+                tracing::warn!(table, column = %field.name(), "skipping a WAL record with a column of unknown role or type");
+                return;
+            };
+            match schema.kind(&def.name) {
+                Some(kind) if kind == def.kind => {}
+                None => new.push(def),
+                // Only possible if the catalog and WAL disagree.
+                Some(kind) => {
+                    tracing::warn!(table, column = %def.name, ?kind, wal_kind = ?def.kind, "skipping a WAL record whose column no longer fits its table");
+                    return;
+                }
+            }
+        }
+        if !new.is_empty() {
+            schema = schema.extended(new);
+        }
+        let schema = Arc::new(schema);
+        let conformed = match conform(batch, schema.arrow_schema()) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(table, error = %e, "skipping a WAL record that does not fit its table");
+                return;
+            }
+        };
+        schemas.insert(table.to_owned(), Arc::clone(&schema));
+        self.state.write().buffer.append(table, &schema, conformed);
+    }
+
+    /// Replays a record of the first WAL format (rows).
+    fn apply_replayed_rows(&self, batch: &WriteBatch) {
         let mut schemas = self.schemas.write();
         let mut state = self.state.write();
         for t in &batch.tables {
@@ -618,13 +749,8 @@ impl Shared {
             }
             let schema = Arc::new(schema);
             schemas.insert(t.table.clone(), Arc::clone(&schema));
-            state.buffer.append(
-                &schema,
-                &TableWrite {
-                    table: t.table.clone(),
-                    rows,
-                },
-            );
+            let batch = rows_to_batch(&schema, &rows);
+            state.buffer.append(&t.table, &schema, batch);
         }
     }
 
@@ -902,7 +1028,7 @@ impl Writer {
         let mut accepted = Vec::with_capacity(writes.len());
         for w in writes {
             let seq = self.next_seq;
-            match self.wal.push(seq, &w.batch) {
+            match self.wal.push_encoded(seq, &w.write.payload) {
                 Ok(()) => {
                     self.next_seq += 1;
                     accepted.push(w);
@@ -946,11 +1072,11 @@ impl Writer {
         {
             let schemas = self.shared.schemas.read();
             let mut state = self.shared.state.write();
-            for w in &accepted {
-                for t in &w.batch.tables {
-                    if let Some(schema) = schemas.get(&t.table) {
-                        state.buffer.append(schema, t);
-                        rows += t.rows.len();
+            for w in &mut accepted {
+                for (table, batch) in w.write.tables.drain(..) {
+                    if let Some(schema) = schemas.get(&table) {
+                        rows += batch.num_rows();
+                        state.buffer.append(&table, schema, batch);
                     }
                 }
             }

@@ -4,13 +4,19 @@
 //! with an 8-byte magic and holds records framed as
 //!
 //! ```text
-//! +-----------+-----------+-----------+----------------------------+
-//! | len: u32  | crc: u32  | seq: u64  | payload (postcard WriteBatch)|
-//! +-----------+-----------+-----------+----------------------------+
+//! +-----------+-----------+-----------+---------------------------------------+
+//! | len: u32  | crc: u32  | seq: u64  | payload: the tables of one write        |
+//! +-----------+-----------+-----------+---------------------------------------+
+//! payload = count: u32, then per table:
+//!           name_len: u32 | name (UTF-8) | ipc_len: u32 | Arrow IPC stream
 //! ```
 //!
 //! little-endian, where `len` is the payload length and `crc` the CRC-32 of `seq` and
-//! the payload. A crash can leave a torn record at the end of the segment that was being
+//! the payload. Each table's rows are an Arrow IPC stream (schema, dictionaries, one
+//! record batch) of the columns the producer already built for the write buffer, so
+//! encoding a record is a copy of buffers rather than a walk over rows, and replay
+//! hands the batches straight back to the buffer. Segments of the first format
+//! (`GLWAL001`, a postcard-encoded `WriteBatch` of rows per record) are still replayed. A crash can leave a torn record at the end of the segment that was being
 //! written; replay stops reading that segment at the first record that is short or fails
 //! its checksum, and carries on with the next segment. Because a record is only
 //! acknowledged after the fsync that follows it, a torn record was never acknowledged.
@@ -21,13 +27,96 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
+use arrow::ipc::reader::StreamReader;
+use arrow::ipc::writer::StreamWriter;
+use arrow::record_batch::RecordBatch;
+
 use crate::error::{Error, Result};
 use crate::types::WriteBatch;
 
-const MAGIC: &[u8; 8] = b"GLWAL001";
+const MAGIC: &[u8; 8] = b"GLWAL002";
+/// The first format: postcard-encoded rows. Read, never written.
+const MAGIC_V1: &[u8; 8] = b"GLWAL001";
 const HEADER_LEN: usize = 16;
 /// A record larger than this is taken as corruption rather than allocated.
 const MAX_RECORD_LEN: u32 = 1 << 30;
+
+/// One write as replay gives it back.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Record {
+    /// Columns per table (the current format).
+    Columns(Vec<(String, RecordBatch)>),
+    /// Rows (segments of the first format).
+    Rows(WriteBatch),
+}
+
+/// Encodes the tables of one write as a record payload. Producers call this on their
+/// own threads, so the WAL writer only copies bytes.
+pub(crate) fn encode(tables: &[(String, RecordBatch)]) -> Result<Vec<u8>> {
+    let ipc_err = |e: arrow::error::ArrowError| Error::Wal(io::Error::other(e));
+    let size: usize = tables
+        .iter()
+        .map(|(name, b)| name.len() + b.get_array_memory_size() + 1024)
+        .sum();
+    let mut out = Vec::with_capacity(size);
+    out.extend_from_slice(&len_u32(tables.len())?.to_le_bytes());
+    for (name, batch) in tables {
+        out.extend_from_slice(&len_u32(name.len())?.to_le_bytes());
+        out.extend_from_slice(name.as_bytes());
+        let at = out.len();
+        out.extend_from_slice(&[0; 4]);
+        let mut writer = StreamWriter::try_new(&mut out, &batch.schema()).map_err(ipc_err)?;
+        writer.write(batch).map_err(ipc_err)?;
+        writer.finish().map_err(ipc_err)?;
+        drop(writer);
+        let ipc_len = len_u32(out.len() - at - 4)?;
+        out[at..at + 4].copy_from_slice(&ipc_len.to_le_bytes());
+    }
+    if out.len() > MAX_RECORD_LEN as usize {
+        return Err(too_large(out.len()));
+    }
+    Ok(out)
+}
+
+/// Decodes a payload written by [`encode`]; `None` when it is not one.
+fn decode(payload: &[u8]) -> Option<Vec<(String, RecordBatch)>> {
+    fn take<'a>(rest: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+        let (head, tail) = rest.split_at_checked(n)?;
+        *rest = tail;
+        Some(head)
+    }
+    fn take_u32(rest: &mut &[u8]) -> Option<usize> {
+        let b = take(rest, 4)?;
+        Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+    }
+    let mut rest = payload;
+    let count = take_u32(&mut rest)?;
+    let mut tables = Vec::with_capacity(count.min(1024));
+    for _ in 0..count {
+        let name_len = take_u32(&mut rest)?;
+        let name = std::str::from_utf8(take(&mut rest, name_len)?)
+            .ok()?
+            .to_owned();
+        let ipc_len = take_u32(&mut rest)?;
+        let ipc = take(&mut rest, ipc_len)?;
+        let reader = StreamReader::try_new(io::Cursor::new(ipc), None).ok()?;
+        for batch in reader {
+            tables.push((name.clone(), batch.ok()?));
+        }
+    }
+    rest.is_empty().then_some(tables)
+}
+
+fn len_u32(n: usize) -> Result<u32> {
+    u32::try_from(n).map_err(|_| too_large(n))
+}
+
+fn too_large(n: usize) -> Error {
+    Error::Wal(io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!("WAL record of {n} bytes is too large"),
+    ))
+}
 
 /// Path of segment `id` in `dir`.
 fn segment_path(dir: &Path, id: u64) -> PathBuf {
@@ -118,36 +207,29 @@ impl WalWriter {
         self.segment_len
     }
 
-    /// Frames `batch` as record `seq` into the pending buffer. Nothing reaches the file
-    /// until [`WalWriter::write_pending`].
-    pub(crate) fn push(&mut self, seq: u64, batch: &WriteBatch) -> Result<()> {
-        let start = self.buf.len();
-        self.buf.extend_from_slice(&[0; HEADER_LEN]);
-        let buf = std::mem::take(&mut self.buf);
-        self.buf = match postcard::to_extend(batch, buf) {
-            Ok(buf) => buf,
-            Err(e) => return Err(Error::Wal(io::Error::new(io::ErrorKind::InvalidData, e))),
-        };
-        let payload = &self.buf[start + HEADER_LEN..];
+    /// Frames an encoded batch ([`encode`]) as record `seq` into the pending buffer.
+    /// Nothing reaches the file until [`WalWriter::write_pending`].
+    pub(crate) fn push_encoded(&mut self, seq: u64, payload: &[u8]) -> Result<()> {
         let len = match u32::try_from(payload.len()) {
             Ok(len) if len <= MAX_RECORD_LEN => len,
-            _ => {
-                let n = payload.len();
-                self.buf.truncate(start);
-                return Err(Error::Wal(io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    format!("WAL record of {n} bytes is too large"),
-                )));
-            }
+            _ => return Err(too_large(payload.len())),
         };
         let mut h = crc32fast::Hasher::new();
         h.update(&seq.to_le_bytes());
         h.update(payload);
         let crc = h.finalize();
-        self.buf[start..start + 4].copy_from_slice(&len.to_le_bytes());
-        self.buf[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
-        self.buf[start + 8..start + 16].copy_from_slice(&seq.to_le_bytes());
+        self.buf.reserve(HEADER_LEN + payload.len());
+        self.buf.extend_from_slice(&len.to_le_bytes());
+        self.buf.extend_from_slice(&crc.to_le_bytes());
+        self.buf.extend_from_slice(&seq.to_le_bytes());
+        self.buf.extend_from_slice(payload);
         Ok(())
+    }
+
+    /// Encodes and frames `tables` as record `seq`; see [`WalWriter::push_encoded`].
+    #[cfg(test)]
+    pub(crate) fn push(&mut self, seq: u64, tables: &[(String, RecordBatch)]) -> Result<()> {
+        self.push_encoded(seq, &encode(tables)?)
     }
 
     /// Writes every pushed record to the segment (one `write` system call).
@@ -207,7 +289,7 @@ pub(crate) struct ReplayStats {
 pub(crate) fn replay(
     dir: &Path,
     after: u64,
-    mut apply: impl FnMut(u64, WriteBatch),
+    mut apply: impl FnMut(u64, Record),
 ) -> Result<ReplayStats> {
     let mut stats = ReplayStats::default();
     for id in list_segments(dir)? {
@@ -244,11 +326,13 @@ pub(crate) fn replay(
 
 /// Decodes the records of one segment. Returns how many were decoded and whether the
 /// segment ended cleanly.
-fn decode_segment(bytes: &[u8], mut apply: impl FnMut(u64, WriteBatch)) -> (usize, bool) {
-    if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
+fn decode_segment(bytes: &[u8], mut apply: impl FnMut(u64, Record)) -> (usize, bool) {
+    let v1 = match bytes.get(..MAGIC.len()) {
+        Some(m) if m == MAGIC => false,
+        Some(m) if m == MAGIC_V1 => true,
         // A segment created but never given its header (crash right after create).
-        return (0, bytes.is_empty());
-    }
+        _ => return (0, bytes.is_empty()),
+    };
     let mut pos = MAGIC.len();
     let mut records = 0;
     while pos < bytes.len() {
@@ -274,10 +358,17 @@ fn decode_segment(bytes: &[u8], mut apply: impl FnMut(u64, WriteBatch)) -> (usiz
         if h.finalize() != crc {
             return (records, false);
         }
-        let Ok(batch) = postcard::from_bytes::<WriteBatch>(payload) else {
+        let record = if v1 {
+            postcard::from_bytes::<WriteBatch>(payload)
+                .ok()
+                .map(Record::Rows)
+        } else {
+            decode(payload).map(Record::Columns)
+        };
+        let Some(record) = record else {
             return (records, false);
         };
-        apply(u64::from_le_bytes(seq_bytes), batch);
+        apply(u64::from_le_bytes(seq_bytes), record);
         records += 1;
         pos = start + len as usize;
     }
@@ -287,25 +378,71 @@ fn decode_segment(bytes: &[u8], mut apply: impl FnMut(u64, WriteBatch)) -> (usiz
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::types::{FieldValue, Row, TableWrite};
+    use crate::buffer::rows_to_batch;
+    use crate::schema::{ColumnDef, ColumnKind, TableSchema};
+    use crate::types::{FieldType, FieldValue, Row, TableWrite};
 
-    fn batch(n: i64) -> WriteBatch {
-        WriteBatch {
-            tables: vec![TableWrite {
-                table: "meter".into(),
-                rows: vec![Row {
-                    time: n,
-                    tags: vec![("device_id".into(), format!("d{n}"))],
-                    fields: vec![("power_w".into(), FieldValue::F64(n as f64))],
-                }],
-            }],
+    fn row(n: i64) -> Row {
+        Row {
+            time: n,
+            tags: vec![("device_id".into(), format!("d{n}"))],
+            fields: vec![("power_w".into(), FieldValue::F64(n as f64))],
         }
     }
 
-    fn replay_all(dir: &Path) -> (Vec<(u64, WriteBatch)>, ReplayStats) {
+    fn batch(n: i64) -> Record {
+        let schema = TableSchema::new().extended([
+            ColumnDef {
+                name: "device_id".into(),
+                kind: ColumnKind::Tag,
+            },
+            ColumnDef {
+                name: "power_w".into(),
+                kind: ColumnKind::Field(FieldType::F64),
+            },
+            ColumnDef {
+                name: "status".into(),
+                kind: ColumnKind::Field(FieldType::String),
+            },
+        ]);
+        Record::Columns(vec![("meter".into(), rows_to_batch(&schema, &[row(n)]))])
+    }
+
+    fn tables(record: &Record) -> &[(String, RecordBatch)] {
+        match record {
+            Record::Columns(tables) => tables,
+            Record::Rows(_) => panic!("expected columns"),
+        }
+    }
+
+    fn replay_all(dir: &Path) -> (Vec<(u64, Record)>, ReplayStats) {
         let mut got = Vec::new();
         let stats = replay(dir, 0, |seq, b| got.push((seq, b))).unwrap();
         (got, stats)
+    }
+
+    #[test]
+    fn segments_of_the_first_format_still_replay() {
+        let dir = tempfile::tempdir().unwrap();
+        let rows = WriteBatch {
+            tables: vec![TableWrite {
+                table: "meter".into(),
+                rows: vec![row(1)],
+            }],
+        };
+        let payload = postcard::to_allocvec(&rows).unwrap();
+        let mut h = crc32fast::Hasher::new();
+        h.update(&5u64.to_le_bytes());
+        h.update(&payload);
+        let mut bytes = MAGIC_V1.to_vec();
+        bytes.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        bytes.extend_from_slice(&h.finalize().to_le_bytes());
+        bytes.extend_from_slice(&5u64.to_le_bytes());
+        bytes.extend_from_slice(&payload);
+        fs::write(segment_path(dir.path(), 1), bytes).unwrap();
+        let (got, stats) = replay_all(dir.path());
+        assert_eq!(got, vec![(5, Record::Rows(rows))]);
+        assert_eq!(stats.torn_segments, 0);
     }
 
     #[test]
@@ -313,11 +450,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut w = WalWriter::create(dir.path(), 1).unwrap();
         for i in 1..=3 {
-            w.push(i, &batch(i as i64)).unwrap();
+            w.push(i, tables(&batch(i as i64))).unwrap();
         }
         w.write_pending().unwrap();
         assert_eq!(w.rotate().unwrap(), 1);
-        w.push(4, &batch(4)).unwrap();
+        w.push(4, tables(&batch(4))).unwrap();
         w.write_pending().unwrap();
         w.sync().unwrap();
         let (got, stats) = replay_all(dir.path());
@@ -336,8 +473,8 @@ mod tests {
     fn every_truncation_of_the_tail_replays_the_complete_records() {
         let dir = tempfile::tempdir().unwrap();
         let mut w = WalWriter::create(dir.path(), 7).unwrap();
-        w.push(1, &batch(1)).unwrap();
-        w.push(2, &batch(2)).unwrap();
+        w.push(1, tables(&batch(1))).unwrap();
+        w.push(2, tables(&batch(2))).unwrap();
         w.write_pending().unwrap();
         let full = fs::read(segment_path(dir.path(), 7)).unwrap();
         let first_len = {
@@ -361,11 +498,11 @@ mod tests {
     fn a_flipped_bit_stops_the_segment_but_not_the_next_one() {
         let dir = tempfile::tempdir().unwrap();
         let mut w = WalWriter::create(dir.path(), 1).unwrap();
-        w.push(1, &batch(1)).unwrap();
-        w.push(2, &batch(2)).unwrap();
+        w.push(1, tables(&batch(1))).unwrap();
+        w.push(2, tables(&batch(2))).unwrap();
         w.write_pending().unwrap();
         w.rotate().unwrap();
-        w.push(3, &batch(3)).unwrap();
+        w.push(3, tables(&batch(3))).unwrap();
         w.write_pending().unwrap();
         let path = segment_path(dir.path(), 1);
         let mut bytes = fs::read(&path).unwrap();

@@ -32,7 +32,7 @@ use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{Filter, Packet, Publish, RetainForwardRule};
 use rumqttc::v5::{AsyncClient, ConnectionError, Event, EventLoop, MqttOptions};
 use rumqttc::{Outgoing, TlsConfiguration, Transport};
-use storage::{FieldValue, ParsedLine, Row, Store, TableWrite, WriteBatch};
+use storage::{FieldValue, ParsedLine, PreparedWrite, Row, Store, TableWrite, WriteBatch};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -270,7 +270,7 @@ struct Pending {
 /// A batch ready for the store and the messages it acknowledges.
 #[derive(Debug)]
 struct Ready {
-    batch: WriteBatch,
+    batch: PreparedWrite,
     acks: Vec<(Publish, u64)>,
 }
 
@@ -543,7 +543,12 @@ impl Collector {
                 })
                 .inc_by(count);
         }
-        self.ready.push_back(Ready { batch, acks });
+        // Encoding the WAL record and building the columns happen here, on the
+        // collector's task, so the store's single writer thread only writes.
+        match self.store.prepare(batch) {
+            Ok(batch) => self.ready.push_back(Ready { batch, acks }),
+            Err(e) => self.fail(&e.to_string(), acks),
+        }
     }
 
     fn rejected_row(&self, message: &Message) -> ParsedLine {

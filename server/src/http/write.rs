@@ -12,7 +12,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use bytes::Bytes;
 use ingest::Precision;
 use serde::Deserialize;
-use storage::{LineError, ParsedLine, WriteBatch};
+use storage::{LineError, ParsedLine, PreparedWrite};
 
 use super::AppState;
 use super::error::{ApiError, body_rejection};
@@ -175,7 +175,14 @@ async fn write(
         rejected.extend(invalid);
         // Parse and validation errors arrive in two runs; the client reads one list.
         rejected.sort_by_key(|e| e.line);
-        Ok::<(WriteBatch, Vec<LineError>), ApiError>((batch, rejected))
+        // The WAL record and the Arrow columns are built here, on this request's
+        // thread, so the single WAL writer only writes and fsyncs.
+        let batch = if rejected.is_empty() || options.accept_partial {
+            store.prepare(batch)?
+        } else {
+            PreparedWrite::default()
+        };
+        Ok::<(PreparedWrite, Vec<LineError>), ApiError>((batch, rejected))
     })
     .await??;
 
@@ -191,7 +198,11 @@ async fn write(
     }
     let accepted = batch.row_count();
     if !batch.is_empty() {
-        state.store().submit(batch, options.sync)?.wait().await?;
+        state
+            .store()
+            .submit_prepared(batch, options.sync)?
+            .wait()
+            .await?;
     }
     if rejected.is_empty() {
         Ok(StatusCode::NO_CONTENT)

@@ -359,11 +359,17 @@ async fn a_broker_restart_mid_stream_loses_no_qos1_message() {
     let server = start_server(&broker, "gridlake-restart", LP_SUBSCRIPTION).await;
     const N: usize = 1500;
     let port = broker.port();
-    let publisher = tokio::spawn(publish_all(port, "test-publisher", lp_messages(N, "s1")));
-    // Restart once the stream is well under way, then let it finish.
+    let mut first = lp_messages(N, "s1");
+    let second = first.split_off(N / 2);
+    let publisher = tokio::spawn(publish_all(port, "test-publisher", first));
+    // Restart once the stream is well under way (the first publisher may still be
+    // sending: it resends what the broker did not acknowledge), then publish the rest,
+    // which the collector only gets if it reconnects. Ingest is fast enough that a
+    // single stream could end before the restart, and then the test would not test it.
     wait_at_least(&server, "meter", 200).await;
     broker.restart();
     publisher.await.expect("publisher");
+    publish_all(port, "test-publisher-2", second).await;
     wait_count(&server, "SELECT count(*) AS n FROM meter", N as i64).await;
     assert_exactly_once(&server, N).await;
     assert!(

@@ -47,11 +47,15 @@ pub(crate) fn check_field_keys(
             return Err(format!("duplicate field key {}", Shown(w[0])));
         }
     }
-    if !tags.is_empty() {
-        for (key, _) in fields {
-            if tags.binary_search_by(|(t, _)| t.as_str().cmp(key)).is_ok() {
-                return Err(format!("tag and field both named {}", Shown(key)));
-            }
+    for (key, _) in fields {
+        // A few tags: names of another length need no comparison of their bytes.
+        let clash = if tags.len() <= PAIRWISE_LIMIT {
+            tags.iter().any(|(t, _)| t.len() == key.len() && t == key)
+        } else {
+            tags.binary_search_by(|(t, _)| t.as_str().cmp(key)).is_ok()
+        };
+        if clash {
+            return Err(format!("tag and field both named {}", Shown(key)));
         }
     }
     Ok(())

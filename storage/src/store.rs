@@ -311,8 +311,23 @@ impl Store {
     /// nothing; the accepted rows come back grouped by table, in request order.
     pub fn validate(&self, lines: Vec<ParsedLine>) -> (WriteBatch, Vec<LineError>) {
         let mut groups: Vec<(String, Vec<ParsedLine>)> = Vec::new();
+        // Most requests write one table: keep their lines where they are instead of
+        // moving every one into a group.
+        let single = match lines.first() {
+            Some(first) if lines.iter().all(|l| l.table == first.table) => {
+                Some(first.table.clone())
+            }
+            _ => None,
+        };
         let mut index: HashMap<String, usize> = HashMap::new();
         let mut previous: Option<usize> = None;
+        let lines = match single {
+            Some(table) => {
+                groups.push((table, lines));
+                Vec::new()
+            }
+            None => lines,
+        };
         for line in lines {
             // Requests are mostly runs of one table: compare with the previous line's
             // table before hashing (and copying) the name.

@@ -10,6 +10,7 @@ use std::fmt;
 use std::str::FromStr;
 
 pub mod decode;
+pub mod modbus;
 pub mod reading;
 pub mod sim;
 pub mod tables;

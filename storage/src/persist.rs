@@ -118,19 +118,21 @@ pub(crate) fn write_table(
     if all.num_rows() == 0 {
         return Ok(Vec::new());
     }
+    let time = times(&all)
+        .ok_or_else(|| Error::Catalog {
+            path: data_dir.to_path_buf(),
+            reason: format!("table {table}: time column is not a nanosecond timestamp"),
+        })?
+        .values();
     let tags: Vec<usize> = schema.tag_positions().collect();
-    let sorted = sort_dedup(&all, &tags)?;
+    let keep = sorted_survivors(&all, time, &tags)?;
 
     // Rows are sorted by series first, so one day's rows are scattered: split by mask.
-    let t = times(&sorted).ok_or_else(|| Error::Catalog {
-        path: data_dir.to_path_buf(),
-        reason: format!("table {table}: time column is not a nanosecond timestamp"),
-    })?;
-    let row_days: Vec<i64> = t
-        .values()
+    let row_days: Vec<i64> = keep
         .iter()
-        .map(|v| v.div_euclid(NANOS_PER_DAY))
+        .map(|&row| time[row as usize].div_euclid(NANOS_PER_DAY))
         .collect();
+    let sorted = take_record_batch(&all, &UInt32Array::from(keep))?;
     let mut days = row_days.clone();
     days.sort_unstable();
     days.dedup();
@@ -161,9 +163,10 @@ pub(crate) fn write_table(
     Ok(files)
 }
 
-/// Sorts the rows of `batch` (in write order) by series, then time, keeping only the
-/// last write of every point: the order the Parquet files declare (tags ascending with
-/// nulls first, then time) and the deduplication queries rely on, in one sort.
+/// The rows of `batch` (in write order, times `time`) to keep, sorted by series, then
+/// time, with only the last write of every point: the order the Parquet files declare
+/// (tags ascending with nulls first, then time) and the deduplication queries rely on,
+/// in one sort.
 ///
 /// Why not `lexsort_to_indices` and a hash set of row keys? A profile of the write loop
 /// showed the persister spending more CPU than the parser: string comparisons through
@@ -171,14 +174,11 @@ pub(crate) fn write_table(
 /// tag value is replaced by its rank among the distinct values (nulls rank 0), so rows
 /// compare as integers; when the ranks of all tags fit in 64 bits the sort key is one
 /// `u64` and the time.
-pub(crate) fn sort_dedup(batch: &RecordBatch, tag_positions: &[usize]) -> Result<RecordBatch> {
-    let time = times(batch)
-        .ok_or_else(|| {
-            Error::Arrow(arrow::error::ArrowError::SchemaError(
-                "column 0 is not a nanosecond timestamp".to_owned(),
-            ))
-        })?
-        .values();
+fn sorted_survivors(
+    batch: &RecordBatch,
+    time: &[i64],
+    tag_positions: &[usize],
+) -> Result<Vec<u32>> {
     let ranks = tag_positions
         .iter()
         .map(|&i| tag_ranks(batch.column(i)))
@@ -187,11 +187,11 @@ pub(crate) fn sort_dedup(batch: &RecordBatch, tag_positions: &[usize]) -> Result
         .iter()
         .map(|(_, max)| u32::BITS - max.leading_zeros())
         .sum();
-    let keep = surviving_rows(&ranks, time, bits <= 64);
-    Ok(take_record_batch(batch, &UInt32Array::from(keep))?)
+    Ok(surviving_rows(&ranks, time, bits <= 64))
 }
 
-/// The rows that survive deduplication, in (series, time) order; see [`sort_dedup`].
+/// The rows that survive deduplication, in (series, time) order; see
+/// [`sorted_survivors`].
 /// `packed` (all ranks fit one `u64`) picks the integer-key sort; the general one gives
 /// the same answer.
 fn surviving_rows(ranks: &[(Vec<u32>, u32)], time: &[i64], packed: bool) -> Vec<u32> {
@@ -487,6 +487,12 @@ mod tests {
         last.into_values().collect()
     }
 
+    /// The batch's surviving rows in order, as the snapshot writes them.
+    fn sort_dedup(b: &RecordBatch) -> RecordBatch {
+        let keep = sorted_survivors(b, times(b).unwrap().values(), &[1, 2]).unwrap();
+        take_record_batch(b, &UInt32Array::from(keep)).unwrap()
+    }
+
     fn values(batch: &RecordBatch) -> Vec<i64> {
         batch
             .column(3)
@@ -506,8 +512,7 @@ mod tests {
             (None, Some("x"), 1),
             (Some("m1"), Some("x"), 3),
         ];
-        let sorted = sort_dedup(&batch(&rows), &[1, 2]).unwrap();
-        assert_eq!(values(&sorted), vec![3, 4, 1, 2]);
+        assert_eq!(values(&sort_dedup(&batch(&rows))), vec![3, 4, 1, 2]);
     }
 
     proptest! {
@@ -523,8 +528,7 @@ mod tests {
             )
         ) {
             let b = batch(&rows);
-            let sorted = sort_dedup(&b, &[1, 2]).unwrap();
-            prop_assert_eq!(values(&sorted), model(&rows));
+            prop_assert_eq!(values(&sort_dedup(&b)), model(&rows));
 
             // The general (non-packed) sort agrees with the packed one.
             let ranks = [tag_ranks(b.column(1)).unwrap(), tag_ranks(b.column(2)).unwrap()];

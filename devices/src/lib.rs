@@ -13,6 +13,7 @@ pub mod decode;
 pub mod modbus;
 pub mod reading;
 pub mod sim;
+pub mod sunspec;
 pub mod tables;
 
 pub use reading::{Decode, DecodeContext, DecodeError, Decoded, Reading, Value};

@@ -549,6 +549,40 @@ impl Pv {
     }
 }
 
+// Accessors for the SunSpec simulator (`sunspec::sim`), which reuses this module's
+// physics so that Modbus devices and MQTT devices follow the same day.
+
+/// Power of the PV system `seed` draws, at `t_ms` (wall-clock or virtual ms since the
+/// epoch), watts.
+pub(crate) fn pv_power_w(seed: u64, t_ms: i64) -> f64 {
+    Pv::new(seed).power_w(t_ms)
+}
+
+/// Rated (peak) power of the PV system `seed` draws, watts.
+pub(crate) fn pv_peak_w(seed: u64) -> f64 {
+    Pv::new(seed).peak_w
+}
+
+/// Consumption of the household `seed` draws, at `t_ms`, watts.
+pub(crate) fn house_power_w(seed: u64, t_ms: i64) -> f64 {
+    House::new(seed).power_w(t_ms)
+}
+
+/// A seed for the part `salt` of the thing `seed` describes (stateless hash).
+pub(crate) fn derive_seed(seed: u64, salt: u64) -> u64 {
+    hash(seed, salt)
+}
+
+/// A uniform draw in [0, 1) that is a pure function of (`seed`, `a`).
+pub(crate) fn unit_draw(seed: u64, a: i64) -> f64 {
+    unit(seed, a)
+}
+
+/// Smooth noise in [0, 1) that changes over about `period_ms`.
+pub(crate) fn smooth_noise(seed: u64, t_ms: i64, period_ms: i64) -> f64 {
+    value_noise(seed, t_ms, period_ms)
+}
+
 /// One charging session: a car arriving in the evening and leaving in the morning.
 #[derive(Debug, Clone, Copy)]
 struct Session {

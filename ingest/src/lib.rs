@@ -18,7 +18,8 @@
 //! byte slice. [`apply_canonical`] holds every write path to the canonical tables'
 //! column types and records each row's quality and source. The [`mqtt`] collector is the
 //! exception to purity: it subscribes to a broker, decodes device payloads and hands the
-//! rows to the store itself.
+//! rows to the store itself. The [`modbus`] collector does the same for devices it polls
+//! over Modbus TCP, SunSpec inverters, meters and batteries among them.
 
 mod canonical;
 mod checks;
@@ -26,6 +27,7 @@ mod decode;
 mod error;
 mod json;
 mod line_protocol;
+pub mod modbus;
 pub mod mqtt;
 mod precision;
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, as the README and CI run it:
-#   1. install what the tests need beyond the Rust toolchain (system packages),
+#   1. install what the tests need beyond the Rust toolchain (system and Python packages),
 #   2. formatting and lints (rustfmt, clippy with warnings as errors),
 #   3. every test of every crate: unit, integration (the real `gridlake` binary on
 #      port 0), benches in test mode, and doc tests.
@@ -51,6 +51,33 @@ if [ "${#APT_PACKAGES[@]}" -gt 0 ]; then
     log "system packages"
     install_system_packages
 fi
+
+# Python packages of the second SunSpec implementation the Modbus tests compare against
+# (server/tests/e2e/sunspec_peer.py): pysunspec2 encodes the register image, pymodbus
+# serves it. Installed only when missing; the tests fail without them when CI=true and
+# are skipped (with a message) otherwise. The check imports what the peer uses: an older
+# pymodbus without the SimData/SimDevice datastore counts as missing, and --upgrade
+# replaces it. Pinned to the minor versions the peer was written against.
+PIP_PACKAGES=("pymodbus==3.16.*" "pysunspec2==1.3.*")
+PIP_CHECK='from pymodbus.simulator import SimData, SimDevice; import sunspec2.device'
+
+install_python_packages() {
+    if ! command -v python3 >/dev/null 2>&1; then
+        echo "python3 is missing: install it (the Modbus tests run a Python SunSpec peer)" >&2
+        exit 1
+    fi
+    if python3 -c "$PIP_CHECK" 2>/dev/null; then
+        return 0
+    fi
+    log "installing ${PIP_PACKAGES[*]}"
+    # A system Python that is "externally managed" (PEP 668, Debian 12+) refuses plain
+    # installs; the test machine is disposable, so override it there.
+    python3 -m pip install --quiet --upgrade "${PIP_PACKAGES[@]}" ||
+        python3 -m pip install --quiet --upgrade --break-system-packages "${PIP_PACKAGES[@]}"
+}
+
+log "python packages"
+install_python_packages
 
 log "toolchain"
 cargo --version

@@ -41,7 +41,8 @@ pub(crate) enum Command {
     Sql(SqlArgs),
     /// Print the effective configuration (defaults, file, environment, flags) as TOML.
     Config(ConfigArgs),
-    /// Publish a simulated fleet of devices, for load tests and demos.
+    /// Simulate devices, for load tests and demos: publish a fleet to an MQTT broker, or
+    /// serve SunSpec devices over Modbus TCP.
     Simulate(crate::simulate::SimulateArgs),
 }
 

@@ -11,6 +11,7 @@ use bytesize::ByteSize;
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::value::{Uncased, UncasedStr};
+use ingest::modbus::ModbusConfig;
 use ingest::mqtt::MqttConfig;
 use query::QueryConfig;
 use serde::{Deserialize, Serialize};
@@ -24,7 +25,7 @@ pub const ENV_PREFIX: &str = "GRIDLAKE_";
 /// The configuration tables. An environment variable `GRIDLAKE_<SECTION>_<KEY>` sets
 /// `<key>` in `[<section>]`: the first `_` after a section name separates it from the key,
 /// because keys themselves contain underscores (`snapshot_rows`).
-const SECTIONS: [&str; 5] = ["http", "storage", "query", "mqtt", "log"];
+const SECTIONS: [&str; 6] = ["http", "storage", "query", "mqtt", "modbus", "log"];
 
 /// Top-level keys that are not tables.
 const TOP_LEVEL_KEYS: [&str; 1] = ["data_dir"];
@@ -44,6 +45,8 @@ pub struct Config {
     pub query: QueryConfig,
     /// The MQTT collector.
     pub mqtt: MqttConfig,
+    /// The Modbus collector.
+    pub modbus: ModbusConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -56,6 +59,7 @@ impl Default for Config {
             storage: StoreConfig::default(),
             query: QueryConfig::default(),
             mqtt: MqttConfig::default(),
+            modbus: ModbusConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -419,21 +423,15 @@ mod tests {
     fn example_mqtt_subscriptions_cover_every_decoder_and_pass_the_checks() {
         use ingest::mqtt::DecoderKind;
 
-        // The examples are the `##`-prefixed lines.
-        let example = include_str!("../../config/gridlake.example.toml");
+        // The examples are the `##`-prefixed lines of `[mqtt]`.
         let mut mqtt = String::from("[mqtt]\nenabled = true\n");
-        for line in example.lines() {
-            if let Some(rest) = line.strip_prefix("##") {
-                let rest = rest.strip_prefix("  ").unwrap_or(rest);
-                if !rest.starts_with("client_id")
-                    && !rest.starts_with("username")
-                    && !rest.starts_with("password")
-                    && !rest.starts_with("ca_file")
-                    && !rest.starts_with("client_")
-                {
-                    mqtt.push_str(rest);
-                    mqtt.push('\n');
-                }
+        for rest in example_lines("mqtt") {
+            if !rest.starts_with("client_id")
+                && !rest.starts_with("username")
+                && !rest.starts_with("password")
+            {
+                mqtt.push_str(rest);
+                mqtt.push('\n');
             }
         }
         let config: Config = Figment::from(Toml::string(&mqtt))
@@ -458,6 +456,77 @@ mod tests {
                 kind.name()
             );
         }
+    }
+
+    /// The `##` example lines of the example config's section `[section]`, without
+    /// their prefix.
+    fn example_lines(section: &str) -> Vec<&'static str> {
+        let example = include_str!("../../config/gridlake.example.toml");
+        let header = format!("[{section}]");
+        let mut inside = false;
+        let mut lines = Vec::new();
+        for line in example.lines() {
+            if line.starts_with('[') {
+                inside = line.trim_end() == header;
+            } else if let Some(rest) = line.strip_prefix("##").filter(|_| inside) {
+                lines.push(rest.strip_prefix("  ").unwrap_or(rest));
+            }
+        }
+        lines
+    }
+
+    #[test]
+    fn example_modbus_devices_pass_the_checks() {
+        let mut modbus = String::from("[modbus]\nenabled = true\n");
+        for line in example_lines("modbus") {
+            modbus.push_str(line);
+            modbus.push('\n');
+        }
+        let config: Config = Figment::from(Toml::string(&modbus))
+            .extract()
+            .unwrap_or_else(|e| panic!("example devices must parse: {e}\n{modbus}"));
+        config
+            .modbus
+            .check()
+            .unwrap_or_else(|e| panic!("example devices must pass the checks: {e}"));
+        assert_eq!(config.modbus.devices.len(), 2);
+        assert!(config.modbus.devices[1].points.len() == 2);
+    }
+
+    #[test]
+    fn every_config_file_loads_and_passes_the_checks() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).expect("config/ is readable") {
+            let path = entry.expect("config/ entry").path();
+            if path.extension().is_none_or(|e| e != "toml") {
+                continue;
+            }
+            seen += 1;
+            let config = Config::load(Some(&path), &Overrides::default())
+                .unwrap_or_else(|e| panic!("{} does not load: {e}", path.display()));
+            if config.mqtt.enabled {
+                config
+                    .mqtt
+                    .check()
+                    .unwrap_or_else(|e| panic!("{}: [mqtt]: {e}", path.display()));
+            }
+            let name = path.file_name().unwrap_or_default().to_string_lossy();
+            if name.starts_with("modbus-") {
+                assert!(config.modbus.enabled, "{name} should enable [modbus]");
+                assert!(!config.modbus.devices.is_empty(), "{name} has no devices");
+            }
+            if config.modbus.enabled {
+                config
+                    .modbus
+                    .check()
+                    .unwrap_or_else(|e| panic!("{}: [modbus]: {e}", path.display()));
+            }
+        }
+        assert!(
+            seen >= 5,
+            "expected the example and the Modbus configs in config/"
+        );
     }
 
     /// The example shows settings commented out (`# key = value`); turns those lines

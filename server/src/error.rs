@@ -16,6 +16,9 @@ pub enum Error {
     /// The `[mqtt]` section is not usable; the message names the setting.
     #[error("invalid configuration: {0}")]
     Mqtt(#[from] ingest::mqtt::MqttConfigError),
+    /// The `[modbus]` section is not usable; the message names the device and setting.
+    #[error("invalid configuration: {0}")]
+    Modbus(#[from] ingest::modbus::ModbusConfigError),
     /// `gridlake simulate` failed.
     #[error(transparent)]
     Simulate(#[from] crate::simulate::SimulateError),

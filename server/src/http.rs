@@ -15,6 +15,7 @@ use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post};
 use bytesize::ByteSize;
+use ingest::modbus::DeviceList;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -39,6 +40,8 @@ struct Inner {
     max_body_size: usize,
     started: Instant,
     next_request_id: AtomicU64,
+    /// The Modbus collector's devices, when it runs.
+    modbus: Option<DeviceList>,
 }
 
 /// Metrics the HTTP layer owns.
@@ -89,8 +92,22 @@ impl AppState {
                 max_body_size: usize::try_from(max_body_size.as_u64()).unwrap_or(usize::MAX),
                 started: Instant::now(),
                 next_request_id: AtomicU64::new(1),
+                modbus: None,
             }),
         }
+    }
+
+    /// The same state with the Modbus collector's device list, for
+    /// `/api/v1/modbus/devices`. Call before the state is cloned.
+    pub(crate) fn with_modbus(mut self, devices: DeviceList) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.modbus = Some(devices);
+        }
+        self
+    }
+
+    pub(crate) fn modbus(&self) -> Option<&DeviceList> {
+        self.inner.modbus.as_ref()
     }
 
     pub(crate) fn store(&self) -> &Store {
@@ -132,6 +149,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/api/v1/write/json", post(write::write_json))
         .route("/api/v1/sql", get(sql::sql_get).post(sql::sql_post))
         .route("/settings", get(ops::settings))
+        .route("/api/v1/modbus/devices", get(ops::modbus_devices))
         .route("/health", get(ops::health))
         .route("/metrics", get(ops::metrics))
         .fallback(ops::not_found)

@@ -13,7 +13,7 @@
 //! HTTP ─► http::write ─► ingest::decode_body / parse ─► Store::validate ─► Store::submit ─► ack
 //! HTTP ─► http::sql   ─► QueryEngine::sql ─► query::encode ─► response
 //! MQTT ─► ingest::mqtt collector ─► Store::validate ─► Store::submit ─► PUBACK
-//! CLI  ─► sql (read-only store) · config (prints the effective TOML) · simulate mqtt
+//! CLI  ─► sql (read-only store) · config (prints the effective TOML) · simulate mqtt · simulate modbus
 //! ```
 
 mod cli;
@@ -22,6 +22,7 @@ mod error;
 mod http;
 mod serve;
 mod simulate;
+mod simulate_modbus;
 mod sql;
 
 use clap::Parser;

@@ -9,6 +9,7 @@ use std::process::ExitCode;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    raise_open_files_limit();
     match server::run_cli() {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -16,5 +17,18 @@ fn main() -> ExitCode {
             eprintln!("gridlake: {error}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Raises the soft limit on open files to the hard limit. The Modbus collector keeps a
+/// socket per device endpoint and the simulator one listener and one connection per
+/// device; a soft limit of 1024, common by default, would cap both at a few hundred.
+/// Failing to raise it is not fatal: running out shows later as a clear socket error.
+fn raise_open_files_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+    {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
     }
 }

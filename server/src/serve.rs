@@ -5,6 +5,7 @@ use std::future::IntoFuture;
 use std::io::{IsTerminal, Write};
 use std::time::Duration;
 
+use ingest::modbus::{ModbusCollector, ModbusMetrics};
 use ingest::mqtt::{MqttCollector, MqttMetrics};
 use prometheus_client::registry::Registry;
 use query::QueryEngine;
@@ -101,6 +102,10 @@ async fn serve_store(config: &Config, store: Store) -> Result<()> {
     let mut registry = Registry::default();
     store.register_metrics(&mut registry);
     engine.register_metrics(&mut registry);
+    // A bad [modbus] section stops the start before the MQTT collector connects.
+    if config.modbus.enabled {
+        config.modbus.check()?;
+    }
     let collector = if config.mqtt.enabled {
         let metrics = MqttMetrics::default();
         metrics.register(&mut registry);
@@ -108,7 +113,21 @@ async fn serve_store(config: &Config, store: Store) -> Result<()> {
     } else {
         None
     };
-    let state = AppState::new(store, engine, registry, config.http.max_body_size);
+    let modbus = if config.modbus.enabled {
+        let metrics = ModbusMetrics::default();
+        metrics.register(&mut registry);
+        Some(ModbusCollector::start(
+            &config.modbus,
+            store.clone(),
+            metrics,
+        )?)
+    } else {
+        None
+    };
+    let mut state = AppState::new(store, engine, registry, config.http.max_body_size);
+    if let Some(modbus) = &modbus {
+        state = state.with_modbus(modbus.device_list());
+    }
     let app = router(state);
 
     let addr = config.http.addr;
@@ -157,6 +176,10 @@ async fn serve_store(config: &Config, store: Store) -> Result<()> {
     // before the store closes.
     if let Some(collector) = collector {
         collector.shutdown().await;
+    }
+    // The same for rows already polled from Modbus devices.
+    if let Some(modbus) = modbus {
+        modbus.shutdown().await;
     }
     served
 }

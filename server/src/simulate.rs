@@ -61,7 +61,7 @@ pub(crate) struct SimulateArgs {
     pub(crate) target: SimulateTarget,
 }
 
-/// What `gridlake simulate` publishes to.
+/// What `gridlake simulate` publishes to or serves.
 #[derive(Debug, Subcommand)]
 pub(crate) enum SimulateTarget {
     /// Publish a simulated fleet (Shelly and Tasmota plugs, OCPP chargers, JSON meters and
@@ -72,6 +72,17 @@ pub(crate) enum SimulateTarget {
     /// --rate D/interval. Prints progress to stderr every 5 s and a one-line summary to
     /// stdout at the end.
     Mqtt(MqttArgs),
+    /// Serve simulated SunSpec devices (inverter, meter or battery) over Modbus TCP, one
+    /// port per device, for the Modbus collector to poll.
+    ///
+    /// Device i listens on --port + i and answers reads of holding and input registers
+    /// from its SunSpec register map at 40000; the values follow a PV day and a house
+    /// load on the wall clock. A request for another unit id gets exception 0x0B (gateway
+    /// target device failed to respond) over Modbus TCP and no answer with RTU framing, as
+    /// gateways and serial devices behave. Prints one ready line to stdout and serves until
+    /// SIGINT or SIGTERM; --print-config prints the `[modbus]` section that polls the
+    /// devices.
+    Modbus(crate::simulate_modbus::ModbusArgs),
 }
 
 /// Flags of `gridlake simulate mqtt`.
@@ -189,6 +200,15 @@ pub enum SimulateError {
         /// How many.
         count: u64,
     },
+    /// A simulated Modbus device could not listen on its port.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The device's address.
+        addr: std::net::SocketAddr,
+        /// The OS error (in use, no permission, too many open files).
+        #[source]
+        source: std::io::Error,
+    },
     /// The async runtime could not be started.
     #[error("cannot start the async runtime: {0}")]
     Runtime(#[source] std::io::Error),
@@ -201,7 +221,7 @@ pub enum SimulateError {
 }
 
 /// `10s`, `500ms`, `1.5s`, `1m`, `2h` (a bare number is seconds), in whole milliseconds.
-fn parse_interval(text: &str) -> Result<Duration, String> {
+pub(crate) fn parse_interval(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let split = text
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
@@ -241,7 +261,8 @@ fn parse_start(text: &str) -> Result<DateTime<Utc>, String> {
     Ok(time)
 }
 
-fn format_interval(ms: i64) -> String {
+/// `ms` in the largest unit that is exact (`1h`, `10s`, `1500ms`), as `parse_interval` reads it.
+pub(crate) fn format_interval(ms: i64) -> String {
     match ms {
         _ if ms % 3_600_000 == 0 => format!("{}h", ms / 3_600_000),
         _ if ms % 60_000 == 0 => format!("{}m", ms / 60_000),
@@ -512,7 +533,10 @@ impl Summary {
 
 /// Runs `gridlake simulate`.
 pub(crate) fn run(args: SimulateArgs) -> Result<(), SimulateError> {
-    let SimulateTarget::Mqtt(args) = args.target;
+    let args = match args.target {
+        SimulateTarget::Mqtt(args) => args,
+        SimulateTarget::Modbus(args) => return crate::simulate_modbus::run(&args),
+    };
     let plan = Plan::new(&args, Utc::now())?;
     if args.print_config {
         let text = devices::sim::mqtt_config_toml(&plan.fleet.prefix, &plan.broker);
@@ -547,7 +571,8 @@ pub(crate) fn run(args: SimulateArgs) -> Result<(), SimulateError> {
     })
 }
 
-fn write_stdout(text: &str) -> Result<(), SimulateError> {
+/// Writes `text` to stdout and flushes it (a ready line must not wait in a buffer).
+pub(crate) fn write_stdout(text: &str) -> Result<(), SimulateError> {
     let mut stdout = std::io::stdout().lock();
     stdout
         .write_all(text.as_bytes())

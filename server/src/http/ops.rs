@@ -30,6 +30,16 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> Result<Response, A
     Ok(([(header::CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE)], text).into_response())
 }
 
+/// `GET /api/v1/modbus/devices`: every configured Modbus device with its state (online,
+/// last error, counts of ok, failed, missed and skipped cycles, next poll) and what SunSpec
+/// discovery found (models and their addresses, manufacturer, model, serial).
+pub(crate) async fn modbus_devices(State(state): State<AppState>) -> Json<Value> {
+    match state.modbus() {
+        Some(devices) => Json(json!({ "enabled": true, "devices": devices.snapshot() })),
+        None => Json(json!({ "enabled": false, "devices": [] })),
+    }
+}
+
 /// `GET /settings`: what questdb-rs's HTTP sender reads before its first write.
 ///
 /// The client (7.x, `read_server_settings`) picks the first of its protocol versions

@@ -7,6 +7,7 @@
 mod broker;
 mod common;
 mod durability;
+mod modbus;
 mod mqtt;
 mod ops;
 mod questdb_client;

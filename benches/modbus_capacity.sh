@@ -3,12 +3,12 @@
 # missed cycles. For each device count N, a mix of inverters, meters and batteries
 # (`gridlake simulate modbus`, one port per device, thirds of N each) runs beside a
 # gridlake that polls them all; after a warm-up, the cycle counters of /metrics are read
-# twice, SECONDS apart, and the share of cycles that were not polled successfully
+# twice, WINDOW seconds apart, and the share of cycles that were not polled successfully
 # (missed, failed or skipped) in between is reported.
 #
 #   cargo build --release -p server
 #   benches/modbus_capacity.sh                       # defaults below
-#   COUNTS="3000 6000" SECONDS=120 benches/modbus_capacity.sh
+#   COUNTS="3000 6000" WINDOW=120 benches/modbus_capacity.sh
 #
 # The simulator and gridlake share this machine's cores, so the figure is for both
 # together; the simulator's CPU is printed so that it can be told apart.
@@ -17,7 +17,7 @@ cd "$(dirname "$0")/.."
 
 BIN=${GRIDLAKE_BIN:-target/release/gridlake}
 COUNTS=${COUNTS:-"1500 3000 6000"}   # device counts to try
-SECONDS_=${SECONDS:-60}              # measured window per count
+WINDOW=${WINDOW:-60}                # measured window per count, seconds (not SECONDS: bash owns it)
 WARMUP=${WARMUP:-15}                 # seconds polled before the window starts
 INTERVAL=${INTERVAL:-1s}             # poll interval
 BASE_PORT=${BASE_PORT:-20000}        # first simulator port; N ports from here
@@ -47,7 +47,7 @@ cycles() {
 
 echo "machine: $(nproc) cores, $(uname -sr), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
 echo "binary: $BIN ($("$BIN" --version)); open files limit $(ulimit -n)"
-echo "parameters: COUNTS=\"$COUNTS\" SECONDS=$SECONDS_ WARMUP=$WARMUP INTERVAL=$INTERVAL BASE_PORT=$BASE_PORT"
+echo "parameters: COUNTS=\"$COUNTS\" WINDOW=$WINDOW WARMUP=$WARMUP INTERVAL=$INTERVAL BASE_PORT=$BASE_PORT"
 printf '%8s %10s %8s %8s %8s %8s %9s %10s %10s %9s\n' \
     devices cycles ok missed failed skipped bad_pct gl_cores sim_cores gl_rss_MiB
 
@@ -88,7 +88,7 @@ for n in $COUNTS; do
     curl -sf "$url/metrics" > "$work/m0"
     gl0=$(cpu_seconds "$server")
     sim0=0; for p in "${sims[@]}"; do sim0=$(echo "$sim0 + $(cpu_seconds "$p")" | bc -l); done
-    sleep "$SECONDS_"
+    sleep "$WINDOW"
     curl -sf "$url/metrics" > "$work/m1"
     gl1=$(cpu_seconds "$server")
     sim1=0; for p in "${sims[@]}"; do sim1=$(echo "$sim1 + $(cpu_seconds "$p")" | bc -l); done
@@ -102,6 +102,6 @@ for n in $COUNTS; do
     bad=$(echo "scale=3; 100 * ($missed + $failed + $skipped) / ($total + ($total == 0))" | bc -l)
     printf '%8d %10d %8d %8d %8d %8d %9.3f %10.2f %10.2f %9s\n' \
         "$n" "$total" "$ok" "$missed" "$failed" "$skipped" "$bad" \
-        "$(echo "($gl1 - $gl0) / $SECONDS_" | bc -l)" "$(echo "($sim1 - $sim0) / $SECONDS_" | bc -l)" "$rss"
+        "$(echo "($gl1 - $gl0) / $WINDOW" | bc -l)" "$(echo "($sim1 - $sim0) / $WINDOW" | bc -l)" "$rss"
     stop_all
 done

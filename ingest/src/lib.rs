@@ -23,6 +23,7 @@
 
 mod canonical;
 mod checks;
+mod clock;
 mod decode;
 mod error;
 mod json;

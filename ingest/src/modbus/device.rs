@@ -155,24 +155,46 @@ impl Device {
     }
 
     /// Polls once. The error says what failed, for logs and `device_status`.
+    ///
+    /// Every row of a cycle has one time, the arrival of the cycle's last answer, and
+    /// a device read both as SunSpec and by a register map gives one row per table and
+    /// phase: rows with the same table, tags and time are one point in the store, where
+    /// the later would replace the earlier whole, and rows at two times would be two
+    /// half readings of one instant.
     pub(crate) async fn poll(&mut self, io: &mut Io<'_>) -> Result<Polled, String> {
-        let mut lines = Vec::new();
-        if let Some(options) = self.spec.sunspec {
-            let blocks = self.sunspec_blocks(io, options.base).await?;
-            lines.extend(
-                sunspec::readings(&blocks, io.arrived, options.invert_power)
+        let blocks = match self.spec.sunspec {
+            Some(options) => Some(self.sunspec_blocks(io, options.base).await?),
+            None => None,
+        };
+        let reads = match self.spec.map {
+            Some(_) => Some(self.map_reads(io).await?),
+            None => None,
+        };
+        let time = io.arrived;
+        let mut drafts = Vec::new();
+        if let (Some(blocks), Some(options)) = (&blocks, self.spec.sunspec) {
+            drafts.extend(
+                sunspec::readings(blocks, time, options.invert_power)
                     .into_iter()
-                    .map(|reading| self.reading_line(reading)),
+                    .map(Draft::from_reading),
             );
         }
-        if self.spec.map.is_some() {
-            let reads = self.map_reads(io).await?;
-            let map = self.spec.map.as_ref().expect("checked above");
-            lines.extend(map_lines(&self.spec, map, &reads, io.arrived));
+        if let (Some(reads), Some(map)) = (&reads, &self.spec.map) {
+            for draft in map_drafts(map, reads) {
+                merge(&mut drafts, draft);
+            }
         }
-        let mut rows = Vec::with_capacity(lines.len());
+        let mut rows = Vec::with_capacity(drafts.len());
         let mut invalid = 0;
-        for line in lines {
+        for draft in drafts {
+            let line = device_line(
+                &self.spec,
+                draft.table,
+                draft.phase,
+                draft.fields,
+                time,
+                draft.source,
+            );
             match line {
                 Ok(line) => rows.push(line),
                 Err(error) => {
@@ -259,38 +281,6 @@ impl Device {
         }
     }
 
-    /// A SunSpec reading as a row of this device.
-    fn reading_line(&self, reading: Reading) -> Result<ParsedLine, String> {
-        let table = reading.table;
-        let fields = reading
-            .fields
-            .into_iter()
-            .map(|(k, v)| {
-                let v = match v {
-                    Value::F64(x) => FieldValue::F64(x),
-                    Value::I64(x) => FieldValue::I64(x),
-                    Value::U64(x) => FieldValue::U64(x),
-                    Value::Bool(x) => FieldValue::Bool(x),
-                    Value::Str(x) => FieldValue::String(x),
-                };
-                (k, v)
-            })
-            .collect();
-        let phase = reading
-            .tags
-            .into_iter()
-            .find(|(k, _)| k == devices::tables::PHASE)
-            .map(|(_, v)| v);
-        device_line(
-            &self.spec,
-            table,
-            phase,
-            fields,
-            reading.time,
-            SOURCE_SUNSPEC,
-        )
-    }
-
     /// The `device_status` row of a transition.
     pub(crate) fn status_line(&self, online: bool, reason: &str, time: i64) -> Option<ParsedLine> {
         let source = if self.spec.sunspec.is_some() {
@@ -315,6 +305,69 @@ impl Device {
                 tracing::error!(device_id = %self.spec.device_id, error = %e, "device_status row not stored");
                 None
             }
+        }
+    }
+}
+
+/// A row of one cycle before it gets the device's tags and the canonical rules.
+#[derive(Debug)]
+struct Draft {
+    table: String,
+    /// Never empty: a total is `None`.
+    phase: Option<String>,
+    fields: Vec<(String, FieldValue)>,
+    source: &'static str,
+}
+
+impl Draft {
+    /// A SunSpec reading; its time is the cycle's.
+    fn from_reading(reading: Reading) -> Self {
+        let fields = reading
+            .fields
+            .into_iter()
+            .map(|(k, v)| {
+                let v = match v {
+                    Value::F64(x) => FieldValue::F64(x),
+                    Value::I64(x) => FieldValue::I64(x),
+                    Value::U64(x) => FieldValue::U64(x),
+                    Value::Bool(x) => FieldValue::Bool(x),
+                    Value::Str(x) => FieldValue::String(x),
+                };
+                (k, v)
+            })
+            .collect();
+        let phase = reading
+            .tags
+            .into_iter()
+            .find(|(k, _)| k == devices::tables::PHASE)
+            .map(|(_, v)| v)
+            .filter(|p| !p.is_empty());
+        Self {
+            table: reading.table,
+            phase,
+            fields,
+            source: SOURCE_SUNSPEC,
+        }
+    }
+}
+
+/// Adds `draft` to `drafts`, into the row of the same table and phase if there is one:
+/// its columns join that row's. Where both give a column, `draft`'s value wins: a
+/// register map row merges into a SunSpec row, and a point the user configured for a
+/// column is there to correct or replace what the device's SunSpec model says. The
+/// merged row keeps its first source (`modbus/sunspec`, as the device's status rows).
+fn merge(drafts: &mut Vec<Draft>, draft: Draft) {
+    let Some(into) = drafts
+        .iter_mut()
+        .find(|d| d.table == draft.table && d.phase == draft.phase)
+    else {
+        drafts.push(draft);
+        return;
+    };
+    for (column, value) in draft.fields {
+        match into.fields.iter_mut().find(|(c, _)| *c == column) {
+            Some((_, slot)) => *slot = value,
+            None => into.fields.push((column, value)),
         }
     }
 }
@@ -361,15 +414,20 @@ async fn discover(io: &mut Io<'_>, base: Option<u16>) -> Result<Discovery, Strin
                 "{base}: {:#06x} {:#06x} instead of SunS",
                 other[0], other[1]
             )),
-            // Without a connection, the other bases cannot be tried either.
+            // Without a connection, the other bases cannot be tried either. A unit that
+            // does not answer (absent behind its gateway, or off) would not answer at
+            // the next base either, and every try costs the endpoint's other devices
+            // the timeout and retries; a device that ignores reads of registers it
+            // lacks instead of refusing them needs `sunspec_base`.
             Err(
                 e @ (RequestError::Connect(_)
                 | RequestError::ConnectTimeout(_)
-                | RequestError::Io(_)),
+                | RequestError::Io(_)
+                | RequestError::Timeout),
             ) => {
                 return Err(format!("looking for the SunSpec marker at {base}: {e}"));
             }
-            // Some devices do not answer reads of registers they lack.
+            // An exception: this base is not in the device's map.
             Err(e) => tried.push(format!("{base}: {e}")),
         }
     }
@@ -515,14 +573,13 @@ async fn read_blocks(
     Ok(Ok(blocks))
 }
 
-/// The rows of a register map from one cycle's reads, each ready or refused with the
-/// reason. A row whose every value is a sentinel is left out.
-fn map_lines(
-    spec: &DeviceSpec,
-    map: &RegisterMap,
-    reads: &Reads,
-    time: i64,
-) -> Vec<Result<ParsedLine, String>> {
+/// The rows of a register map from one cycle's reads. A row without a value is left
+/// out.
+///
+/// SunSpec's "not implemented" values are not nulls here: on a plain meter 0xFFFF,
+/// -32768 or an energy counter at 0 are readings. Only a float without a value (NaN)
+/// leaves its column out; so does an infinity, which no reading is.
+fn map_drafts(map: &RegisterMap, reads: &Reads) -> Vec<Draft> {
     let mut fields: Vec<Vec<(String, FieldValue)>> = vec![Vec::new(); map.rows.len()];
     for point in &map.points {
         let value = if point.register.is_bit() {
@@ -533,9 +590,7 @@ fn map_lines(
             reads
                 .words(point.register, point.address, point.width())
                 .and_then(|regs| {
-                    devices::modbus::decode(&regs, point.data_type, point.order)
-                        .ok()
-                        .flatten()
+                    devices::modbus::decode_raw(&regs, point.data_type, point.order).ok()
                 })
                 .map(|v| devices::modbus::apply_scale_offset(v, point.scale, point.offset))
                 .filter(|v| v.is_finite())
@@ -549,8 +604,11 @@ fn map_lines(
         .iter()
         .zip(fields)
         .filter(|(_, fields)| !fields.is_empty())
-        .map(|((table, phase), fields)| {
-            device_line(spec, table.clone(), phase.clone(), fields, time, SOURCE_MAP)
+        .map(|((table, phase), fields)| Draft {
+            table: table.clone(),
+            phase: phase.clone().filter(|p| !p.is_empty()),
+            fields,
+            source: SOURCE_MAP,
         })
         .collect()
 }

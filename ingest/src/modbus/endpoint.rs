@@ -20,10 +20,11 @@ use tokio::time::Instant;
 
 use super::collector::DeviceSnapshot;
 use super::config::Endpoint;
-use super::connection::{Connection, now_ns};
+use super::connection::{Connection, now_rounded};
 use super::device::{Device, Io};
 use super::metrics::ModbusMetrics;
 use super::schedule::Schedule;
+use crate::clock::now_ns;
 
 /// Maps schedule time (ns since the epoch) to Tokio instants, fixed once at start:
 /// sleeping follows the monotonic clock, so a wall clock step does not make every
@@ -36,13 +37,9 @@ pub(crate) struct Clock {
 
 impl Clock {
     pub(crate) fn start() -> Self {
-        let ns = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
-            .unwrap_or(0);
         Self {
             instant: Instant::now(),
-            ns,
+            ns: now_ns(),
         }
     }
 
@@ -179,7 +176,7 @@ impl EndpointTask {
             conn: &mut self.conn,
             unit: slot.device.spec.unit_id,
             retries: self.retries,
-            arrived: now_ns(),
+            arrived: now_rounded(),
         };
         let result = slot.device.poll(&mut io).await;
         self.metrics
@@ -204,7 +201,7 @@ impl EndpointTask {
                     }
                     handles.online.inc();
                     slot.status = Status::Online;
-                    rows.extend(slot.device.status_line(true, &description, now_ns()));
+                    rows.extend(slot.device.status_line(true, &description, now_rounded()));
                 }
                 None
             }
@@ -222,7 +219,7 @@ impl EndpointTask {
                     handles.offline.inc();
                     slot.status = Status::Offline;
                     slot.device.forget();
-                    rows.extend(slot.device.status_line(false, &error, now_ns()));
+                    rows.extend(slot.device.status_line(false, &error, now_rounded()));
                 } else {
                     tracing::debug!(device_id = %slot.device.spec.device_id, %error, failures = slot.schedule.failures(), "Modbus device still failing");
                 }

@@ -16,6 +16,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use super::metrics::ModbusMetrics;
+use crate::clock::sleep_until;
 
 /// How long a batch waits before it is offered to a full store queue again.
 const BUSY_RETRY: Duration = Duration::from_millis(10);
@@ -178,12 +179,5 @@ impl Sink {
         };
         self.metrics.store_failures.inc();
         tracing::error!(error = %error, "a batch of polled rows did not become durable");
-    }
-}
-
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
     }
 }

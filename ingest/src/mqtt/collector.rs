@@ -24,7 +24,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use devices::tables::{REJECTED, SOURCE};
 use devices::{DecodeContext, Reading, Value};
@@ -41,6 +41,7 @@ use super::config::{BrokerUrl, MqttConfig, PayloadDecoder, Route, TlsConfig};
 use super::metrics::{MessageLabels, MqttMetrics, SubscriptionLabels};
 use crate::canonical::apply_canonical;
 use crate::checks::{check_field_keys, sort_tags};
+use crate::clock::{now_ns, sleep_until};
 use crate::parse_line_protocol;
 
 /// Largest MQTT packet gridlake accepts (MQTT 5 Maximum Packet Size). rumqttc's default
@@ -173,11 +174,8 @@ impl Backoff {
     /// factor comes from the clock's nanoseconds: good enough for spreading, and no
     /// random-number crate for one number.
     fn delay(&mut self) -> Duration {
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        let factor = 0.5 + f64::from(nanos % 1_000_000) / 2_000_000.0;
+        let nanos = now_ns().rem_euclid(1_000_000);
+        let factor = 0.5 + nanos as f64 / 2_000_000.0;
         let delay = self.next.mul_f64(factor);
         self.next = (self.next * 2).min(self.max);
         delay
@@ -420,11 +418,7 @@ impl Collector {
     /// A unique receive time per message: the clock, nudged forward when two messages
     /// share a nanosecond, so that `_rejected` rows never overwrite each other.
     fn next_received_at(&mut self) -> i64 {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
-            .unwrap_or(0);
-        self.last_received = now.max(self.last_received + 1);
+        self.last_received = now_ns().max(self.last_received + 1);
         self.last_received
     }
 
@@ -670,13 +664,6 @@ async fn wait_front(
 ) -> Result<storage::Result<()>, tokio::task::JoinError> {
     match inflight.front_mut().and_then(|f| f.receipt.as_mut()) {
         Some(receipt) => receipt.await,
-        None => std::future::pending().await,
-    }
-}
-
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
 }

@@ -180,7 +180,7 @@ impl Peer {
             Err(e) => Some(format!("python3 cannot be run: {e}")),
             Ok(out) if !out.status.success() => Some(format!(
                 "python3 lacks pymodbus or pysunspec2 ({}); install them with \
-                 `python3 -m pip install \"pymodbus==3.*\" \"pysunspec2==1.3.*\"` or run \
+                 `python3 -m pip install \"pymodbus==3.16.*\" \"pysunspec2==1.3.*\"` or run \
                  scripts/test.sh",
                 // The traceback's last line: "ModuleNotFoundError: No module named ...".
                 String::from_utf8_lossy(&out.stderr)
@@ -192,9 +192,14 @@ impl Peer {
             Ok(_) => None,
         };
         if let Some(reason) = missing {
+            // scripts/test.sh installs the peer's packages and sets
+            // GRIDLAKE_REQUIRE_PEERS; CI sets CI=true. Either way a skip would hide a
+            // broken install, so it fails instead.
+            let required = std::env::var("CI").as_deref() == Ok("true")
+                || std::env::var_os("GRIDLAKE_REQUIRE_PEERS").is_some();
             assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "CI=true and the SunSpec peer cannot run: {reason}"
+                !required,
+                "the SunSpec peer is required here (CI=true or GRIDLAKE_REQUIRE_PEERS) and cannot run: {reason}"
             );
             eprintln!("SKIPPED: {reason}");
             return None;
@@ -254,7 +259,7 @@ impl Peer {
     }
 }
 
-/// `[modbus]` polling every `interval` with short timeouts and back-off, followed by
+/// `[modbus]` polling every `interval` with a short back-off, followed by
 /// `devices` (`[[modbus.devices]]` tables).
 fn modbus_config(interval: &str, devices: &str) -> String {
     format!(
@@ -262,8 +267,8 @@ fn modbus_config(interval: &str, devices: &str) -> String {
 [modbus]
 enabled = true
 interval = "{interval}"
-timeout = "1s"
-retries = 0
+timeout = "3s"
+retries = 1
 backoff_max = "1s"
 batch_linger = "10ms"
 {devices}
@@ -695,7 +700,9 @@ async fn modbus_simulated_inverter_meter_and_battery_poll_into_sql() {
     let online = server
         .sql("SELECT device_id, reason FROM device_status WHERE online ORDER BY device_id")
         .await;
-    let ids: Vec<&str> = online.iter().map(|r| string(r, "device_id")).collect();
+    // A device that flapped on a loaded machine has a second online row; each counts once.
+    let mut ids: Vec<&str> = online.iter().map(|r| string(r, "device_id")).collect();
+    ids.dedup();
     assert_eq!(
         ids,
         [
@@ -850,7 +857,7 @@ async fn modbus_values_equal_what_pysunspec2_encoded() {
     let online = server
         .sql("SELECT reason FROM device_status WHERE device_id = 'peer-1' AND online")
         .await;
-    assert_eq!(online.len(), 1, "{online:?}");
+    assert!(!online.is_empty(), "the peer never came online");
     assert!(
         string(&online[0], "reason").contains("PEER-0001"),
         "the online reason should name the common model's serial: {online:?}"

@@ -397,14 +397,18 @@ async fn serve_device(listener: TcpListener, service: DeviceService) {
         let service = service.clone();
         let counters = Arc::clone(&counters);
         async move {
-            // One small response per request: sending it at once beats batching.
-            stream.set_nodelay(true)?;
+            // One small response per request: sending it at once beats batching. Not
+            // fatal: an error here would end `serve` and, with it, every connection of
+            // the device.
+            let _ = stream.set_nodelay(true);
             counters.connections.fetch_add(1, Ordering::Relaxed);
             Ok::<_, std::io::Error>(Some((service, stream)))
         }
     };
     // A connection that breaks (the collector went away, a garbled frame) is the
-    // client's business; the device keeps listening for the next one.
+    // client's business; the device keeps listening for the next one. A failed accept
+    // (out of file descriptors) ends `serve` and tokio-modbus closes the device's open
+    // connections with it; the loop listens again after a pause.
     let on_process_error = |_: std::io::Error| {};
     let port = listener.local_addr().map(|a| a.port()).unwrap_or_default();
     match framing {

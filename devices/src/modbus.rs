@@ -175,6 +175,25 @@ pub fn decode(
     Ok((!is_unimplemented(value, data_type)).then_some(value))
 }
 
+/// Lays out the big-endian bytes of a value (an even number of them) in registers as a
+/// device using `order` does: the inverse of [`decode_raw`], for simulators and tests.
+pub fn encode_bytes(big_endian: &[u8], order: ByteOrder) -> Vec<u16> {
+    let words: Vec<u16> = big_endian
+        .chunks(2)
+        .map(|c| {
+            let pair = [c[0], c.get(1).copied().unwrap_or(0)];
+            match order {
+                ByteOrder::Abcd | ByteOrder::Cdab => u16::from_be_bytes(pair),
+                ByteOrder::Badc | ByteOrder::Dcba => u16::from_le_bytes(pair),
+            }
+        })
+        .collect();
+    match order {
+        ByteOrder::Abcd | ByteOrder::Badc => words,
+        ByteOrder::Cdab | ByteOrder::Dcba => words.into_iter().rev().collect(),
+    }
+}
+
 /// Decodes one value without treating sentinels specially.
 ///
 /// # Errors
@@ -262,21 +281,6 @@ mod tests {
         ByteOrder::Dcba,
     ];
 
-    /// How a device in `order` lays out the big-endian bytes of a value.
-    fn encode(be: &[u8], order: ByteOrder) -> Vec<u16> {
-        let words: Vec<u16> = be
-            .chunks(2)
-            .map(|c| match order {
-                ByteOrder::Abcd | ByteOrder::Cdab => u16::from_be_bytes([c[0], c[1]]),
-                ByteOrder::Badc | ByteOrder::Dcba => u16::from_le_bytes([c[0], c[1]]),
-            })
-            .collect();
-        match order {
-            ByteOrder::Abcd | ByteOrder::Badc => words,
-            ByteOrder::Cdab | ByteOrder::Dcba => words.into_iter().rev().collect(),
-        }
-    }
-
     #[test]
     fn the_four_orders_of_a_32_bit_value_match_their_names() {
         // 0x11223344 with A=0x11, B=0x22, C=0x33, D=0x44.
@@ -346,7 +350,7 @@ mod tests {
         ];
         for (data_type, be, expected) in values {
             for order in ORDERS {
-                let registers = encode(&be, order);
+                let registers = encode_bytes(&be, order);
                 assert_eq!(registers.len(), data_type.registers());
                 assert_eq!(
                     decode(&registers, data_type, order).unwrap(),

@@ -68,6 +68,18 @@ pub fn apply_canonical(line: &mut ParsedLine, source: &str) -> Result<(), String
     Ok(())
 }
 
+/// A decoder's value as the store's: `devices` keeps no dependency on storage, so
+/// every collector converts here.
+pub(crate) fn field_value(value: devices::Value) -> FieldValue {
+    match value {
+        devices::Value::F64(x) => FieldValue::F64(x),
+        devices::Value::I64(x) => FieldValue::I64(x),
+        devices::Value::U64(x) => FieldValue::U64(x),
+        devices::Value::Bool(x) => FieldValue::Bool(x),
+        devices::Value::Str(x) => FieldValue::String(x),
+    }
+}
+
 /// Converts `value` to `kind` where that loses nothing; otherwise says what it got.
 fn coerce(value: &mut FieldValue, kind: ValueKind) -> Result<(), String> {
     let converted = match (kind, &*value) {

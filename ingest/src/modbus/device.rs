@@ -9,9 +9,9 @@
 //! their values, and checks each block's ID and L: a device whose map moved (a
 //! firmware update) is discovered again.
 
+use devices::Reading;
 use devices::sunspec::{self, COMMON_ID, Common, END_ID, SUNS};
 use devices::tables::{DEVICE_ID, DEVICE_STATUS, SITE_ID};
-use devices::{Reading, Value};
 use serde::Serialize;
 use storage::{FieldValue, ParsedLine, Row};
 use tokio_modbus::ExceptionCode;
@@ -20,6 +20,7 @@ use super::config::{DeviceSpec, RegisterMap, RegisterType};
 use super::connection::{Connection, RequestError};
 use super::plan::{self, Data, ReadRequest, Reads};
 use crate::apply_canonical;
+use crate::canonical::field_value;
 use crate::checks::{check_field_keys, sort_tags};
 
 /// `source` of rows from SunSpec models.
@@ -325,16 +326,7 @@ impl Draft {
         let fields = reading
             .fields
             .into_iter()
-            .map(|(k, v)| {
-                let v = match v {
-                    Value::F64(x) => FieldValue::F64(x),
-                    Value::I64(x) => FieldValue::I64(x),
-                    Value::U64(x) => FieldValue::U64(x),
-                    Value::Bool(x) => FieldValue::Bool(x),
-                    Value::Str(x) => FieldValue::String(x),
-                };
-                (k, v)
-            })
+            .map(|(k, v)| (k, field_value(v)))
             .collect();
         let phase = reading
             .tags

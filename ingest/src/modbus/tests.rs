@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use arrow::array::{Array, StringArray};
 use arrow::datatypes::DataType as ArrowType;
-use devices::modbus::{ByteOrder, DataType};
+use devices::modbus::{ByteOrder, DataType, encode_bytes};
 use devices::sunspec::{self, EncodeValue};
 use storage::{Store, StoreConfig, TimeRange};
 use tokio::net::TcpListener;
@@ -316,21 +316,6 @@ fn snapshot(collector: &ModbusCollector, device: &str) -> DeviceSnapshot {
         .unwrap()
 }
 
-/// How a device in `order` lays out the big-endian bytes of a value.
-fn words(be: &[u8], order: ByteOrder) -> Vec<u16> {
-    let words: Vec<u16> = be
-        .chunks(2)
-        .map(|c| match order {
-            ByteOrder::Abcd | ByteOrder::Cdab => u16::from_be_bytes([c[0], c[1]]),
-            ByteOrder::Badc | ByteOrder::Dcba => u16::from_le_bytes([c[0], c[1]]),
-        })
-        .collect();
-    match order {
-        ByteOrder::Abcd | ByteOrder::Badc => words,
-        ByteOrder::Cdab | ByteOrder::Dcba => words.into_iter().rev().collect(),
-    }
-}
-
 /// A value of each type, as big-endian bytes and as the number it means.
 fn sample(data_type: DataType) -> (Vec<u8>, f64) {
     match data_type {
@@ -387,7 +372,7 @@ async fn a_register_map_reads_every_type_order_scale_and_offset_into_the_store()
     for (order, order_name) in ORDERS {
         for data_type in TYPES {
             let (be, value) = sample(data_type);
-            image.put_holding(address, &words(&be, order));
+            image.put_holding(address, &encode_bytes(&be, order));
             let (scale, offset) = if order == ByteOrder::Cdab {
                 (0.5, -1.0)
             } else {
@@ -408,13 +393,19 @@ async fn a_register_map_reads_every_type_order_scale_and_offset_into_the_store()
     // SunSpec's "not implemented" values are readings on a plain device: uint16
     // 0xFFFF, int16 -32768, an acc32 counter at 0. A NaN float has no value.
     image.put_holding(2000, &[0xFFFF, 0x8000, 0, 0]);
-    image.put_holding(2004, &words(&f32::NAN.to_be_bytes(), ByteOrder::Abcd));
+    image.put_holding(
+        2004,
+        &encode_bytes(&f32::NAN.to_be_bytes(), ByteOrder::Abcd),
+    );
     // An SDM630-style meter in input registers (float32): L1 voltage and power, and
     // a total import counter; the device reports power with the opposite sign.
     image.put_input(0, &[0; 80]);
-    image.put_input(0, &words(&230.1f32.to_be_bytes(), ByteOrder::Abcd));
-    image.put_input(12, &words(&1500f32.to_be_bytes(), ByteOrder::Abcd));
-    image.put_input(72, &words(&12_345.5f32.to_be_bytes(), ByteOrder::Abcd));
+    image.put_input(0, &encode_bytes(&230.1f32.to_be_bytes(), ByteOrder::Abcd));
+    image.put_input(12, &encode_bytes(&1500f32.to_be_bytes(), ByteOrder::Abcd));
+    image.put_input(
+        72,
+        &encode_bytes(&12_345.5f32.to_be_bytes(), ByteOrder::Abcd),
+    );
     image.coils.insert(5, true);
     image.discrete.insert(3, false);
     let served = Served::with(1, image.clone());
@@ -1106,7 +1097,7 @@ async fn a_device_read_as_sunspec_and_by_a_register_map_gives_one_row_per_point(
     // and whose power the map reads from a better register; and a value for another
     // table.
     let mut image = sunspec_image(40000, &[common("x", "y", "z"), inverter_block(1234.5)]);
-    image.put_holding(100, &words(&999f32.to_be_bytes(), ByteOrder::Abcd));
+    image.put_holding(100, &encode_bytes(&999f32.to_be_bytes(), ByteOrder::Abcd));
     image.put_holding(102, &[1200, 42]);
     let served = Served::with(1, image);
     let server = serve(&served, Framing::Tcp).await;

@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use devices::tables::{REJECTED, SOURCE};
-use devices::{DecodeContext, Reading, Value};
+use devices::{DecodeContext, Reading};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{Filter, Packet, Publish, RetainForwardRule};
 use rumqttc::v5::{AsyncClient, ConnectionError, Event, EventLoop, MqttOptions};
@@ -39,7 +39,7 @@ use tokio::time::Instant;
 
 use super::config::{BrokerUrl, MqttConfig, PayloadDecoder, Route, TlsConfig};
 use super::metrics::{MessageLabels, MqttMetrics, SubscriptionLabels};
-use crate::canonical::apply_canonical;
+use crate::canonical::{apply_canonical, field_value};
 use crate::checks::{check_field_keys, sort_tags};
 use crate::clock::{now_ns, sleep_until};
 use crate::parse_line_protocol;
@@ -774,16 +774,7 @@ fn reading_to_line(
     let fields: Vec<(String, FieldValue)> = reading
         .fields
         .into_iter()
-        .map(|(k, v)| {
-            let v = match v {
-                Value::F64(x) => FieldValue::F64(x),
-                Value::I64(x) => FieldValue::I64(x),
-                Value::U64(x) => FieldValue::U64(x),
-                Value::Bool(x) => FieldValue::Bool(x),
-                Value::Str(x) => FieldValue::String(x),
-            };
-            (k, v)
-        })
+        .map(|(k, v)| (k, field_value(v)))
         .collect();
     if fields.is_empty() {
         return Err(format!("{table}: a reading without values"));

@@ -1,0 +1,429 @@
+use crm::{
+    AccountFilter, AccountType, DeviceFilter, DeviceKind, DeviceStatus, Error, NewAccount,
+    NewDevice, NewSite, Page, PropertyType, Role, SiteAssignment, SiteFilter,
+};
+
+use crate::common::{Harness, both};
+use crate::users::new_user;
+
+fn new_account(user_id: i64, number: &str) -> NewAccount {
+    NewAccount {
+        user_id,
+        account_number: number.into(),
+        account_type: AccountType::Residential,
+        status: crm::AccountStatus::Active,
+        billing_email: None,
+        tax_id: None,
+    }
+}
+
+pub(crate) fn new_site(account_id: i64, name: &str) -> NewSite {
+    NewSite {
+        account_id,
+        name: name.into(),
+        street: Some("Hauptstraße".into()),
+        street_number: Some("1".into()),
+        city: Some("Berlin".into()),
+        postal_code: Some("10115".into()),
+        state: None,
+        country: Some("de".into()),
+        latitude: Some(52.52),
+        longitude: Some(13.405),
+        time_zone: "Europe/Berlin".into(),
+        property_type: PropertyType::Residential,
+        is_primary: true,
+    }
+}
+
+/// A user with one account and one site; returns (user id, account id, site id).
+pub(crate) async fn owner(h: &Harness, email: &str) -> (i64, i64, i64) {
+    let user = h
+        .crm
+        .users()
+        .create(new_user(email, Role::Customer, None))
+        .await
+        .unwrap();
+    let account = h
+        .crm
+        .accounts()
+        .create(new_account(user.id, &format!("ACC-{email}")))
+        .await
+        .unwrap();
+    let site = h
+        .crm
+        .sites()
+        .create(new_site(account.id, "Home"))
+        .await
+        .unwrap();
+    (user.id, account.id, site.id)
+}
+
+fn fields(err: Error) -> Vec<String> {
+    match err {
+        Error::Validation(errors) => errors.into_iter().map(|e| e.field).collect(),
+        other => panic!("expected a validation error, got {other:?}"),
+    }
+}
+
+async fn accounts_unique_number_and_owner(h: &Harness) {
+    let (user_id, account_id, _) = owner(h, "a@example.com").await;
+    let accounts = h.crm.accounts();
+    let err = accounts
+        .create(new_account(user_id, "ACC-a@example.com"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::Conflict { entity: "account", ref field } if field == "account_number"),
+        "{err:?}"
+    );
+    assert_eq!(
+        fields(
+            accounts
+                .create(new_account(9999, "ACC-2"))
+                .await
+                .unwrap_err()
+        ),
+        ["user_id"]
+    );
+    let mut business = new_account(user_id, "ACC-2");
+    business.account_type = AccountType::Business;
+    business.billing_email = Some(" Billing@Example.com ".into());
+    business.tax_id = Some("DE123456789".into());
+    let b = accounts.create(business.clone()).await.unwrap();
+    assert_eq!(b.billing_email.as_deref(), Some("billing@example.com"));
+    business.status = crm::AccountStatus::Suspended;
+    let b = accounts.update(b.id, business).await.unwrap();
+    assert_eq!(b.status, crm::AccountStatus::Suspended);
+    let mine = accounts
+        .list(
+            &AccountFilter {
+                user_id: Some(user_id),
+                ..AccountFilter::default()
+            },
+            Page::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        mine.iter().map(|a| a.id).collect::<Vec<_>>(),
+        [account_id, b.id]
+    );
+    accounts.delete(b.id).await.unwrap();
+    assert!(matches!(
+        accounts.get(b.id).await,
+        Err(Error::NotFound { .. })
+    ));
+}
+
+async fn site_validation_names_each_bad_field(h: &Harness) {
+    let (user_id, account_id, site_id) = owner(h, "s@example.com").await;
+    let sites = h.crm.sites();
+    let site = sites.get(site_id).await.unwrap();
+    assert_eq!(site.country.as_deref(), Some("DE"));
+    assert_eq!(site.latitude, Some(52.52));
+    assert_eq!(site.time_zone, "Europe/Berlin");
+
+    let mut bad = new_site(account_id, " ");
+    bad.country = Some("Germany".into());
+    bad.latitude = Some(91.0);
+    bad.longitude = Some(-180.5);
+    bad.time_zone = "Mars/Olympus_Mons".into();
+    assert_eq!(
+        fields(sites.create(bad).await.unwrap_err()),
+        ["name", "country", "latitude", "longitude", "time_zone"]
+    );
+    let mut half = new_site(account_id, "Half");
+    half.longitude = None;
+    assert_eq!(fields(sites.create(half).await.unwrap_err()), ["longitude"]);
+    assert_eq!(
+        fields(sites.create(new_site(424242, "Nowhere")).await.unwrap_err()),
+        ["account_id"]
+    );
+
+    let mut office = new_site(account_id, "Office");
+    office.latitude = None;
+    office.longitude = None;
+    office.property_type = PropertyType::Commercial;
+    office.is_primary = false;
+    office.time_zone = "America/New_York".into();
+    let office = sites.create(office).await.unwrap();
+    assert_eq!(office.latitude, None);
+    assert!(!office.is_primary);
+
+    let (_, _, other_site) = owner(h, "other@example.com").await;
+    let mine = sites
+        .list(
+            &SiteFilter {
+                user_id: Some(user_id),
+                ..SiteFilter::default()
+            },
+            Page::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        mine.iter().map(|s| s.id).collect::<Vec<_>>(),
+        [site_id, office.id]
+    );
+    assert!(!mine.iter().any(|s| s.id == other_site));
+
+    let mut renamed = new_site(account_id, "Home sweet home");
+    renamed.time_zone = "Europe/Vienna".into();
+    let updated = sites.update(site_id, renamed).await.unwrap();
+    assert_eq!(
+        (updated.name.as_str(), updated.time_zone.as_str()),
+        ("Home sweet home", "Europe/Vienna")
+    );
+    let mut bad = new_site(account_id, "x");
+    bad.time_zone = "CEST".into();
+    assert_eq!(
+        fields(sites.update(site_id, bad).await.unwrap_err()),
+        ["time_zone"]
+    );
+    sites.delete(office.id).await.unwrap();
+    assert!(matches!(
+        sites.get(office.id).await,
+        Err(Error::NotFound { entity: "site", .. })
+    ));
+}
+
+async fn device_identifiers_unique_and_conflicts_name_the_field(h: &Harness) {
+    let (_, _, site_id) = owner(h, "d@example.com").await;
+    let devices = h.crm.devices();
+    let mut meter = NewDevice::new(DeviceKind::Meter, "meter-1");
+    meter.site_id = Some(site_id);
+    meter.meter_number = Some("1EMH0012345678".into());
+    meter.serial_number = Some("SN-1".into());
+    let meter = devices.create(meter).await.unwrap();
+    assert_eq!(meter.status, DeviceStatus::Active);
+
+    let mut plug = NewDevice::new(DeviceKind::SmartPlug, "plug-1");
+    plug.mac_address = Some("AA-BB-CC-DD-EE-FF".into());
+    let plug = devices.create(plug).await.unwrap();
+    assert_eq!(plug.mac_address.as_deref(), Some("aa:bb:cc:dd:ee:ff"));
+    assert_eq!(plug.status, DeviceStatus::Online);
+
+    let conflict = |field: &'static str| {
+        move |r: crm::Result<crm::Device>| match r {
+            Err(Error::Conflict {
+                entity: "device",
+                field: f,
+            }) => assert_eq!(f, field),
+            other => panic!("expected a conflict on {field}, got {other:?}"),
+        }
+    };
+    conflict("device_id")(
+        devices
+            .create(NewDevice::new(DeviceKind::Meter, "meter-1"))
+            .await,
+    );
+    let mut d = NewDevice::new(DeviceKind::Meter, "meter-2");
+    d.meter_number = Some("1EMH0012345678".into());
+    conflict("meter_number")(devices.create(d).await);
+    let mut d = NewDevice::new(DeviceKind::Inverter, "inv-1");
+    d.serial_number = Some("SN-1".into());
+    conflict("serial_number")(devices.create(d).await);
+    let mut d = NewDevice::new(DeviceKind::SmartPlug, "plug-2");
+    d.mac_address = Some("aabb.ccdd.eeff".into());
+    conflict("mac_address")(devices.create(d).await);
+
+    let mut d = NewDevice::new(DeviceKind::Meter, "meter-3");
+    d.status = Some(DeviceStatus::Charging);
+    d.mac_address = Some("not a mac".into());
+    d.site_id = Some(site_id);
+    assert_eq!(
+        fields(devices.create(d).await.unwrap_err()),
+        ["mac_address", "status"]
+    );
+    let mut d = NewDevice::new(DeviceKind::Battery, "bat-1");
+    d.site_id = Some(31337);
+    assert_eq!(fields(devices.create(d).await.unwrap_err()), ["site_id"]);
+
+    // Devices without identifiers do not collide on the absent ones.
+    devices
+        .create(NewDevice::new(DeviceKind::Battery, "bat-1"))
+        .await
+        .unwrap();
+    devices
+        .create(NewDevice::new(DeviceKind::Battery, "bat-2"))
+        .await
+        .unwrap();
+    let batteries = devices
+        .list(
+            &DeviceFilter {
+                kind: Some(DeviceKind::Battery),
+                ..DeviceFilter::default()
+            },
+            Page::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(batteries.len(), 2);
+    let on_site = devices
+        .list(
+            &DeviceFilter {
+                site: Some(SiteAssignment::Site(site_id)),
+                ..DeviceFilter::default()
+            },
+            Page::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(on_site.iter().map(|d| d.id).collect::<Vec<_>>(), [meter.id]);
+    devices.delete(plug.id).await.unwrap();
+    assert!(matches!(
+        devices.get(plug.id).await,
+        Err(Error::NotFound { .. })
+    ));
+}
+
+async fn resolve_and_register_unassigned(h: &Harness) {
+    let (user_id, _, site_id) = owner(h, "r@example.com").await;
+    let (stranger, _, _) = owner(h, "stranger@example.com").await;
+    let devices = h.crm.devices();
+    assert!(devices.resolve("gw-7/inverter").await.unwrap().is_none());
+
+    let mut seen = NewDevice::new(DeviceKind::Inverter, "gw-7/inverter");
+    seen.serial_number = Some("INV-7".into());
+    let first = devices.register_unassigned(seen.clone()).await.unwrap();
+    assert_eq!(first.site_id, None);
+    let again = devices.register_unassigned(seen).await.unwrap();
+    assert_eq!(again, first, "registering twice returns the same device");
+    let (device, site) = devices.resolve("gw-7/inverter").await.unwrap().unwrap();
+    assert_eq!((device.id, site), (first.id, None));
+    let unassigned = devices
+        .list(
+            &DeviceFilter {
+                site: Some(SiteAssignment::Unassigned),
+                ..DeviceFilter::default()
+            },
+            Page::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        unassigned.iter().map(|d| d.id).collect::<Vec<_>>(),
+        [first.id]
+    );
+
+    // Another device claiming the same serial number is a conflict, not a silent merge.
+    let mut clash = NewDevice::new(DeviceKind::Inverter, "gw-8/inverter");
+    clash.serial_number = Some("INV-7".into());
+    assert!(matches!(
+        devices.register_unassigned(clash).await,
+        Err(Error::Conflict { ref field, .. }) if field == "serial_number"
+    ));
+
+    // Assigning a site is an update; resolve then yields the site.
+    let mut assigned = NewDevice::new(DeviceKind::Inverter, "gw-7/inverter");
+    assigned.site_id = Some(site_id);
+    assigned.serial_number = Some("INV-7".into());
+    assigned.status = Some(DeviceStatus::Warning);
+    devices.update(first.id, assigned).await.unwrap();
+    let (device, site) = devices.resolve("gw-7/inverter").await.unwrap().unwrap();
+    assert_eq!(
+        (site, device.status),
+        (Some(site_id), DeviceStatus::Warning)
+    );
+    let of_user = |user_id| DeviceFilter {
+        user_id: Some(user_id),
+        ..DeviceFilter::default()
+    };
+    let mine = devices
+        .list(&of_user(user_id), Page::default())
+        .await
+        .unwrap();
+    assert_eq!(mine.iter().map(|d| d.id).collect::<Vec<_>>(), [first.id]);
+    assert!(
+        devices
+            .list(&of_user(stranger), Page::default())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // Deleting the site leaves the device registered but unassigned.
+    h.crm.sites().delete(site_id).await.unwrap();
+    let (_, site) = devices.resolve("gw-7/inverter").await.unwrap().unwrap();
+    assert_eq!(site, None);
+}
+
+async fn last_seen_batched_and_monotonic(h: &Harness) {
+    let devices = h.crm.devices();
+    for id in ["a", "b", "c"] {
+        devices
+            .register_unassigned(NewDevice::new(DeviceKind::Meter, id))
+            .await
+            .unwrap();
+    }
+    let seen = |pairs: &[(&str, i64)]| -> Vec<(String, i64)> {
+        pairs.iter().map(|(d, t)| ((*d).to_owned(), *t)).collect()
+    };
+    let last = |id: &'static str| async move {
+        devices
+            .get_by_device_id(id)
+            .await
+            .unwrap()
+            .unwrap()
+            .last_seen_ms
+    };
+    let moved = devices
+        .touch_last_seen(&seen(&[
+            ("a", 100),
+            ("a", 300),
+            ("b", 200),
+            ("a", 250),
+            ("ghost", 5),
+        ]))
+        .await
+        .unwrap();
+    assert_eq!(moved, 2);
+    assert_eq!(
+        (last("a").await, last("b").await, last("c").await),
+        (Some(300), Some(200), None)
+    );
+
+    // Older times never move last_seen backwards.
+    let moved = devices
+        .touch_last_seen(&seen(&[("a", 299), ("b", 400), ("c", 50)]))
+        .await
+        .unwrap();
+    assert_eq!(moved, 2);
+    assert_eq!(
+        (last("a").await, last("b").await, last("c").await),
+        (Some(300), Some(400), Some(50))
+    );
+    assert_eq!(devices.touch_last_seen(&[]).await.unwrap(), 0);
+
+    // More devices than one statement carries: all move, in one call.
+    let mut tx = h.crm.pool().begin().await.unwrap();
+    for i in 0..2100 {
+        sqlx::query(
+            "INSERT INTO devices (kind, device_id, status, created_ms, updated_ms) VALUES ('meter', $1, 'active', 0, 0)",
+        )
+        .bind(format!("bulk-{i}"))
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    }
+    tx.commit().await.unwrap();
+    let batch: Vec<(String, i64)> = (0..2100).map(|i| (format!("bulk-{i}"), 1000 + i)).collect();
+    assert_eq!(devices.touch_last_seen(&batch).await.unwrap(), 2100);
+    assert_eq!(
+        devices
+            .get_by_device_id("bulk-2099")
+            .await
+            .unwrap()
+            .unwrap()
+            .last_seen_ms,
+        Some(3099)
+    );
+}
+
+both!(
+    accounts_unique_number_and_owner,
+    site_validation_names_each_bad_field,
+    device_identifiers_unique_and_conflicts_name_the_field,
+    resolve_and_register_unassigned,
+    last_seen_batched_and_monotonic,
+);

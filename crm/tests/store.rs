@@ -1,0 +1,76 @@
+use crm::{Backend, CrmConfig, Error, UnknownDevices};
+use sqlx::Row;
+
+use crate::common::{Harness, both};
+
+async fn migrations_apply_twice(h: &Harness) {
+    // Again on the open store, then a whole reopen (a restart): both are no-ops.
+    h.crm.migrate().await.expect("second migration run");
+    let again = h.reopen().await;
+    again.migrate().await.expect("third migration run");
+    let row = sqlx::query("SELECT COUNT(*) AS n FROM _sqlx_migrations")
+        .fetch_one(again.pool())
+        .await
+        .unwrap();
+    let n: i64 = row.try_get("n").unwrap();
+    let files = std::fs::read_dir(match again.backend() {
+        Backend::Sqlite => "migrations/sqlite",
+        Backend::Postgres => "migrations/postgres",
+    })
+    .unwrap()
+    .count();
+    assert_eq!(
+        n,
+        i64::try_from(files).unwrap(),
+        "each migration applied once"
+    );
+    again.close().await;
+}
+
+#[tokio::test]
+async fn sqlite_file_wal_and_foreign_keys() {
+    let h = crate::common::sqlite().await;
+    assert_eq!(h.crm.backend(), Backend::Sqlite);
+    assert!(h.data_dir.join(crm::SQLITE_FILE).exists());
+    let mode: String = sqlx::query("PRAGMA journal_mode")
+        .fetch_one(h.crm.pool())
+        .await
+        .unwrap()
+        .try_get(0)
+        .unwrap();
+    assert_eq!(mode, "wal");
+    let fk: i64 = sqlx::query("PRAGMA foreign_keys")
+        .fetch_one(h.crm.pool())
+        .await
+        .unwrap()
+        .try_get(0)
+        .unwrap();
+    assert_eq!(fk, 1);
+    h.crm.close().await;
+}
+
+both!(migrations_apply_twice);
+
+#[tokio::test]
+async fn bad_url_names_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = CrmConfig {
+        url: Some("mysql://localhost/crm".into()),
+        ..CrmConfig::default()
+    };
+    match crm::Crm::open(&config, dir.path()).await {
+        Err(Error::Validation(errors)) => assert_eq!(errors[0].field, "url"),
+        other => panic!("expected a validation error, got {other:?}"),
+    }
+}
+
+#[test]
+fn config_defaults_and_unknown_fields() {
+    let config: CrmConfig = serde_json::from_str("{}").unwrap();
+    assert_eq!(config, CrmConfig::default());
+    assert_eq!(config.unknown_devices, UnknownDevices::Register);
+    let config: CrmConfig =
+        serde_json::from_str(r#"{"unknown_devices": "reject", "max_connections": 2}"#).unwrap();
+    assert_eq!(config.unknown_devices, UnknownDevices::Reject);
+    assert!(serde_json::from_str::<CrmConfig>(r#"{"urll": "x"}"#).is_err());
+}

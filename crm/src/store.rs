@@ -114,9 +114,23 @@ impl Crm {
                         "must start with postgres://, postgresql:// or sqlite:",
                     ));
                 };
-                let parsed = url
+                let mut parsed: url::Url = url
                     .parse()
                     .map_err(|_| Error::invalid("url", "is not a valid URL"))?;
+                if backend == Backend::Postgres
+                    && !parsed
+                        .query_pairs()
+                        .any(|(k, _)| k == "statement-cache-capacity")
+                {
+                    // `sqlx::Any` sends a NULL to PostgreSQL as a parameter of its own
+                    // type (not the column's); a statement cached after a NULL then
+                    // refuses a real value in that place ("incorrect binary data
+                    // format"). Without the cache each statement is prepared with the
+                    // types of its own arguments, in the same round trip.
+                    parsed
+                        .query_pairs_mut()
+                        .append_pair("statement-cache-capacity", "0");
+                }
                 (backend, AnyConnectOptions::from_url(&parsed)?)
             }
         };

@@ -420,7 +420,25 @@ async fn last_seen_batched_and_monotonic(h: &Harness) {
     );
 }
 
+/// The same statement with a NULL and then a value in one place, many times over the
+/// pool's connections: PostgreSQL once refused the value on a connection that had cached
+/// the statement after the NULL ("incorrect binary data format in bind parameter").
+async fn nulls_and_values_alternate_in_one_statement(h: &Harness) {
+    let (_, account_id, _) = owner(h, "n@example.com").await;
+    for i in 0..12 {
+        let mut site = new_site(account_id, &format!("Site {i}"));
+        if i % 2 == 0 {
+            site.latitude = None;
+            site.longitude = None;
+            site.street = None;
+        }
+        let site = h.crm.sites().create(site).await.unwrap();
+        assert_eq!(site.latitude.is_some(), i % 2 == 1, "site {i}: {site:?}");
+    }
+}
+
 both!(
+    nulls_and_values_alternate_in_one_statement,
     accounts_unique_number_and_owner,
     site_validation_names_each_bad_field,
     device_identifiers_unique_and_conflicts_name_the_field,

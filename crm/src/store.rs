@@ -117,18 +117,22 @@ impl Crm {
                 let mut parsed: url::Url = url
                     .parse()
                     .map_err(|_| Error::invalid("url", "is not a valid URL"))?;
-                if backend == Backend::Postgres
-                    && !parsed
-                        .query_pairs()
-                        .any(|(k, _)| k == "statement-cache-capacity")
-                {
+                if backend == Backend::Postgres {
                     // `sqlx::Any` sends a NULL to PostgreSQL as a parameter of its own
                     // type (not the column's); a statement cached after a NULL then
                     // refuses a real value in that place ("incorrect binary data
                     // format"). Without the cache each statement is prepared with the
-                    // types of its own arguments, in the same round trip.
+                    // types of its own arguments, in the same round trip. Forced: a
+                    // URL that turns the cache on would bring the failure back.
+                    let pairs: Vec<(String, String)> = parsed
+                        .query_pairs()
+                        .filter(|(k, _)| k != "statement-cache-capacity")
+                        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                        .collect();
                     parsed
                         .query_pairs_mut()
+                        .clear()
+                        .extend_pairs(pairs)
                         .append_pair("statement-cache-capacity", "0");
                 }
                 (backend, AnyConnectOptions::from_url(&parsed)?)

@@ -1,5 +1,6 @@
 //! Users: email (unique, lower-cased), role, argon2id password hash, active flag.
 
+use std::fmt;
 use std::sync::LazyLock;
 
 use argon2::Argon2;
@@ -53,8 +54,8 @@ pub struct User {
     pub updated_ms: i64,
 }
 
-/// Input for [`Users::create`].
-#[derive(Debug, Clone, Deserialize)]
+/// Input for [`Users::create`]. Its `Debug` hides the password.
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NewUser {
     /// Email; trimmed and lower-cased before it is stored.
@@ -68,8 +69,9 @@ pub struct NewUser {
     pub password: Option<String>,
 }
 
-/// A partial update for [`Users::update`]: absent fields stay as they are.
-#[derive(Debug, Clone, Default, Deserialize)]
+/// A partial update for [`Users::update`]: absent fields stay as they are. Its `Debug`
+/// hides the password.
+#[derive(Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct UserUpdate {
     /// New email.
@@ -82,6 +84,34 @@ pub struct UserUpdate {
     pub active: Option<bool>,
     /// New password (re-hashed).
     pub password: Option<String>,
+}
+
+/// What a `Debug` print shows of a password: whether there is one, never what it is.
+fn redacted(password: &Option<String>) -> Option<&'static str> {
+    password.as_ref().map(|_| "<redacted>")
+}
+
+impl fmt::Debug for NewUser {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NewUser")
+            .field("email", &self.email)
+            .field("display_name", &self.display_name)
+            .field("role", &self.role)
+            .field("password", &redacted(&self.password))
+            .finish()
+    }
+}
+
+impl fmt::Debug for UserUpdate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UserUpdate")
+            .field("email", &self.email)
+            .field("display_name", &self.display_name)
+            .field("role", &self.role)
+            .field("active", &self.active)
+            .field("password", &redacted(&self.password))
+            .finish()
+    }
 }
 
 /// Filters for [`Users::list`].

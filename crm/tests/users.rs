@@ -61,6 +61,16 @@ async fn password_hash_never_serialized_and_verify_works(h: &Harness) {
         ))
         .await
         .unwrap();
+    // Inputs carry the plain password; their Debug (what a log line shows) must not.
+    let input = new_user("dave@example.com", Role::Customer, Some("hunter2hunter2"));
+    let update = crm::UserUpdate {
+        password: Some("hunter2hunter2".into()),
+        ..crm::UserUpdate::default()
+    };
+    for shown in [format!("{input:?}"), format!("{update:?}")] {
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("<redacted>"), "{shown}");
+    }
     let json = serde_json::to_string(&user).unwrap();
     assert!(!json.contains("argon2"), "{json}");
     assert!(!json.contains("password"), "{json}");

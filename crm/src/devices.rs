@@ -281,6 +281,9 @@ fn check(new: &NewDevice) -> Result<[Arg; 9]> {
 /// PostgreSQL's 65535 parameters.
 const TOUCH_CHUNK: usize = 1000;
 
+/// How far ahead of the store's clock a last-seen time may be.
+const MAX_CLOCK_AHEAD_MS: i64 = 5 * 60 * 1000;
+
 /// The device registry; see [`Crm::devices`].
 #[derive(Debug, Clone, Copy)]
 pub struct Devices<'a> {
@@ -452,9 +455,16 @@ impl<'a> Devices<'a> {
     /// transaction with one `UPDATE ... FROM (VALUES ...)` per thousand devices, so a
     /// batch of readings costs one commit whatever its size. Unknown device ids are
     /// ignored. Returns the number of devices whose time moved.
+    ///
+    /// Times more than five minutes ahead of the store's clock count as now plus five
+    /// minutes.
     pub async fn touch_last_seen(&self, seen: &[(String, i64)]) -> Result<u64> {
+        // A device whose clock runs ahead (a gateway set to 2100) must not pin its
+        // last-seen time in the future, where the monotonic rule would keep it.
+        let limit = self.crm.now_ms().saturating_add(MAX_CLOCK_AHEAD_MS);
         let mut newest: HashMap<&str, i64> = HashMap::with_capacity(seen.len());
         for (device_id, t) in seen {
+            let t = &(*t).min(limit);
             newest
                 .entry(device_id.as_str())
                 .and_modify(|cur| *cur = (*cur).max(*t))

@@ -79,7 +79,11 @@ impl<'a> Sessions<'a> {
             return Ok(None);
         }
         let sql =
-            format!("SELECT {COLUMNS} FROM sessions WHERE token_hash = $1 AND expires_ms > $2");
+            // A deactivated user's sessions end with the deactivation.
+            format!(
+                "SELECT {COLUMNS} FROM sessions WHERE token_hash = $1 AND expires_ms > $2 \
+                 AND user_id IN (SELECT id FROM users WHERE active)"
+            );
         let row = query(&sql)
             .bind(digest(token))
             .bind(self.crm.now_ms())

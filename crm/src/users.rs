@@ -274,6 +274,9 @@ impl<'a> Users<'a> {
             Some(p) => Some(hash_password(p).await?),
             None => None,
         };
+        // A deactivated user, or one whose password changed (perhaps because it
+        // leaked), keeps no session: removed in the same transaction as the change.
+        let end_sessions = update.active == Some(false) || hash.is_some();
         let mut stmt = Stmt::new("UPDATE users SET updated_ms = ");
         let now = stmt.arg(Arg::Int(self.crm.now_ms()));
         stmt.sql.push_str(&now);
@@ -299,12 +302,20 @@ impl<'a> Users<'a> {
         let p = stmt.arg(Arg::Int(id));
         stmt.sql
             .push_str(&format!(" WHERE id = {p} RETURNING {COLUMNS}"));
+        let mut tx = self.crm.pool().begin().await?;
         let row = stmt
             .query()
-            .fetch_optional(self.crm.pool())
+            .fetch_optional(&mut *tx)
             .await
             .map_err(|e| map_write("user", "", e))?
             .ok_or_else(|| Error::not_found("user", id))?;
+        if end_sessions {
+            query("DELETE FROM sessions WHERE user_id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
         Ok(from_row(&row)?)
     }
 

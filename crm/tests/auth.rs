@@ -70,6 +70,39 @@ async fn sessions_expire_and_log_out(h: &Harness) {
     assert!(sessions.lookup(&live).await.unwrap().is_none());
     assert!(!sessions.delete(&live).await.unwrap());
 
+    // Deactivating the user ends their sessions, for good: reactivation does not bring
+    // them back. Changing the password ends them too.
+    let (_, kept) = sessions
+        .create(user.id, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let users = h.crm.users();
+    let deactivate = crm::UserUpdate {
+        active: Some(false),
+        ..crm::UserUpdate::default()
+    };
+    users.update(user.id, deactivate).await.unwrap();
+    assert!(
+        sessions.lookup(&kept).await.unwrap().is_none(),
+        "a deactivated user's session must not be accepted"
+    );
+    let activate = crm::UserUpdate {
+        active: Some(true),
+        ..crm::UserUpdate::default()
+    };
+    users.update(user.id, activate).await.unwrap();
+    assert!(sessions.lookup(&kept).await.unwrap().is_none());
+    let (_, before_change) = sessions
+        .create(user.id, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let change = crm::UserUpdate {
+        password: Some("another long secret".into()),
+        ..crm::UserUpdate::default()
+    };
+    users.update(user.id, change).await.unwrap();
+    assert!(sessions.lookup(&before_change).await.unwrap().is_none());
+
     let (_, t1) = sessions
         .create(user.id, Duration::from_secs(60))
         .await

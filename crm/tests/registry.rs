@@ -3,7 +3,7 @@ use crm::{
     NewDevice, NewSite, Page, PropertyType, Role, SiteAssignment, SiteFilter,
 };
 
-use crate::common::{Harness, both};
+use crate::common::{Harness, T0, both};
 use crate::users::new_user;
 
 fn new_account(user_id: i64, number: &str) -> NewAccount {
@@ -394,6 +394,14 @@ async fn last_seen_batched_and_monotonic(h: &Harness) {
         (Some(300), Some(400), Some(50))
     );
     assert_eq!(devices.touch_last_seen(&[]).await.unwrap(), 0);
+
+    // A clock far ahead (year 2100) counts as at most five minutes from now, so the
+    // device's correct readings move last_seen again once that time has passed.
+    devices
+        .touch_last_seen(&seen(&[("c", 4_102_444_800_000)]))
+        .await
+        .unwrap();
+    assert_eq!(last("c").await, Some(T0 + 5 * 60 * 1000));
 
     // More devices than one statement carries: all move, in one call.
     let mut tx = h.crm.pool().begin().await.unwrap();

@@ -3,6 +3,8 @@
 
 use std::fmt;
 
+use crate::modbus::{ByteOrder, encode_bytes};
+
 use super::{END_ID, ModelDef, PointDef, PointType, SUNS, ScaleRef};
 
 /// A value to write into a point.
@@ -165,15 +167,11 @@ pub fn try_encode(
                 }
                 let mut bytes = text.as_bytes().to_vec();
                 bytes.resize(capacity, 0);
-                bytes
-                    .chunks(2)
-                    .map(|c| u16::from_be_bytes([c[0], c[1]]))
-                    .collect()
+                encode_bytes(&bytes, ByteOrder::Abcd)
             }
             (EncodeValue::Text(_), _) => return Err(wrong_kind()),
             (EncodeValue::Number(x), PointType::Float32) => {
-                let bits = (x as f32).to_bits();
-                vec![(bits >> 16) as u16, bits as u16]
+                words(u64::from((x as f32).to_bits()), 2)
             }
             (EncodeValue::Number(x), PointType::Float64) => words(x.to_bits(), 4),
             (EncodeValue::Number(x), kind) => {

@@ -32,7 +32,7 @@ text_enum! {
 }
 
 /// A billing account.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Account {
     /// Id.
     pub id: i64,
@@ -54,8 +54,8 @@ pub struct Account {
     pub updated_ms: i64,
 }
 
-/// Input for [`Accounts::create`] and [`Accounts::update`] (which replaces every field).
-#[derive(Debug, Clone, Deserialize)]
+/// Input for [`Accounts::create`].
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewAccount {
     /// The owning user.
@@ -73,6 +73,53 @@ pub struct NewAccount {
     /// Tax id.
     #[serde(default)]
     pub tax_id: Option<String>,
+}
+
+/// Input for [`Accounts::update`], which replaces every field but the owner.
+///
+/// Moving an account to another user hands that user its sites, devices and readings,
+/// so it is never a side effect of an edit: `user_id` alone only confirms the current
+/// owner (an edit made from a stale copy that names another owner is refused, naming
+/// `user_id`), and the owner changes only when `transfer_owner` is also true.
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AccountUpdate {
+    /// The owning user: must be the current owner, unless `transfer_owner` is true,
+    /// when it is the new owner. Absent keeps the owner.
+    #[serde(default)]
+    pub user_id: Option<i64>,
+    /// Set to move the account (and its sites and devices) to `user_id`.
+    #[serde(default)]
+    pub transfer_owner: bool,
+    /// Unique account number.
+    pub account_number: String,
+    /// Residential or business.
+    pub account_type: AccountType,
+    /// Defaults to active.
+    #[serde(default = "active")]
+    pub status: AccountStatus,
+    /// Billing email, if different from the user's.
+    #[serde(default)]
+    pub billing_email: Option<String>,
+    /// Tax id.
+    #[serde(default)]
+    pub tax_id: Option<String>,
+}
+
+impl AccountUpdate {
+    /// An update that sets the fields of `new` and keeps the owner, which must be
+    /// `new.user_id`.
+    pub fn from_new(new: NewAccount) -> Self {
+        Self {
+            user_id: Some(new.user_id),
+            transfer_owner: false,
+            account_number: new.account_number,
+            account_type: new.account_type,
+            status: new.status,
+            billing_email: new.billing_email,
+            tax_id: new.tax_id,
+        }
+    }
 }
 
 fn active() -> AccountStatus {
@@ -111,22 +158,35 @@ struct Checked {
     tax_id: Option<String>,
 }
 
-fn check(new: &NewAccount) -> Result<Checked> {
-    let mut checks = Checks::default();
-    let account_number = checks.text("account_number", &new.account_number, 64);
-    let billing_email = new
-        .billing_email
-        .as_deref()
+fn check_fields(
+    checks: &mut Checks,
+    account_number: &str,
+    billing_email: Option<&str>,
+    tax_id: Option<&str>,
+) -> Checked {
+    let account_number = checks.text("account_number", account_number, 64);
+    let billing_email = billing_email
         .map(str::trim)
         .filter(|e| !e.is_empty())
         .map(|e| checks.email("billing_email", e));
-    let tax_id = checks.optional_text("tax_id", new.tax_id.as_deref(), 64);
-    checks.finish()?;
-    Ok(Checked {
+    let tax_id = checks.optional_text("tax_id", tax_id, 64);
+    Checked {
         account_number,
         billing_email,
         tax_id,
-    })
+    }
+}
+
+fn check(new: &NewAccount) -> Result<Checked> {
+    let mut checks = Checks::default();
+    let checked = check_fields(
+        &mut checks,
+        &new.account_number,
+        new.billing_email.as_deref(),
+        new.tax_id.as_deref(),
+    );
+    checks.finish()?;
+    Ok(checked)
 }
 
 /// The accounts repository; see [`Crm::accounts`].
@@ -192,27 +252,74 @@ impl<'a> Accounts<'a> {
         Ok(rows.iter().map(from_row).collect::<sqlx::Result<_>>()?)
     }
 
-    /// Replaces every field of the account.
-    pub async fn update(&self, id: i64, new: NewAccount) -> Result<Account> {
-        let c = check(&new)?;
+    /// Replaces every field of the account but the owner, which changes only with
+    /// `transfer_owner` (see [`AccountUpdate`]).
+    pub async fn update(&self, id: i64, update: AccountUpdate) -> Result<Account> {
+        let mut checks = Checks::default();
+        let c = check_fields(
+            &mut checks,
+            &update.account_number,
+            update.billing_email.as_deref(),
+            update.tax_id.as_deref(),
+        );
+        if update.transfer_owner && update.user_id.is_none() {
+            checks.fail(
+                "user_id",
+                "is required when transfer_owner is true (the new owner)",
+            );
+        }
+        checks.finish()?;
+        // No transaction: the update below applies only while the owner is still the
+        // one checked here, so a transfer in between cannot be undone by this edit.
+        let owner: i64 = query("SELECT user_id FROM accounts WHERE id = $1")
+            .bind(id)
+            .fetch_optional(self.crm.pool())
+            .await?
+            .ok_or_else(|| Error::not_found("account", id))?
+            .try_get("user_id")?;
+        let new_owner = match update.user_id {
+            Some(user_id) if update.transfer_owner => user_id,
+            Some(user_id) if user_id != owner => {
+                return Err(Error::invalid(
+                    "user_id",
+                    format!(
+                        "is not the account's owner ({owner}); to move the account, its sites \
+                         and devices to user {user_id}, also set transfer_owner to true"
+                    ),
+                ));
+            }
+            _ => owner,
+        };
         let sql = format!(
             "UPDATE accounts SET user_id = $1, account_number = $2, account_type = $3, status = $4, \
-             billing_email = $5, tax_id = $6, updated_ms = $7 WHERE id = $8 RETURNING {COLUMNS}"
+             billing_email = $5, tax_id = $6, updated_ms = $7 WHERE id = $8 AND user_id = $9 \
+             RETURNING {COLUMNS}"
         );
         let row = query(&sql)
-            .bind(new.user_id)
+            .bind(new_owner)
             .bind(c.account_number)
-            .bind(new.account_type.as_str())
-            .bind(new.status.as_str())
+            .bind(update.account_type.as_str())
+            .bind(update.status.as_str())
             .bind(c.billing_email)
             .bind(c.tax_id)
             .bind(self.crm.now_ms())
             .bind(id)
+            .bind(owner)
             .fetch_optional(self.crm.pool())
             .await
             .map_err(|e| map_write("account", "user_id", e))?
+            // Deleted, or transferred by someone else, since the read above.
             .ok_or_else(|| Error::not_found("account", id))?;
-        Ok(from_row(&row)?)
+        let account = from_row(&row)?;
+        if account.user_id != owner {
+            tracing::info!(
+                account_id = id,
+                from_user = owner,
+                to_user = account.user_id,
+                "account transferred to another owner"
+            );
+        }
+        Ok(account)
     }
 
     /// Deletes the account and its sites.

@@ -89,7 +89,7 @@ impl DeviceStatus {
 }
 
 /// A registered device.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Device {
     /// Id.
     pub id: i64,
@@ -123,7 +123,7 @@ pub struct Device {
 
 /// Input for [`Devices::create`], [`Devices::update`] (which replaces every field but the
 /// last-seen time) and [`Devices::register_unassigned`] (which ignores `site_id`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewDevice {
     /// Kind.

@@ -35,7 +35,9 @@ mod tokens;
 mod users;
 mod validate;
 
-pub use accounts::{Account, AccountFilter, AccountStatus, AccountType, Accounts, NewAccount};
+pub use accounts::{
+    Account, AccountFilter, AccountStatus, AccountType, AccountUpdate, Accounts, NewAccount,
+};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{CrmConfig, UnknownDevices};
 pub use devices::{

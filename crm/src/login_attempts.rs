@@ -12,6 +12,11 @@ fn ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
+fn count(row: &sqlx::any::AnyRow) -> Result<u64> {
+    let n: i64 = row.try_get("n")?;
+    Ok(u64::try_from(n).unwrap_or(0))
+}
+
 /// The login-attempt log; see [`Crm::login_attempts`].
 #[derive(Debug, Clone, Copy)]
 pub struct LoginAttempts<'a> {
@@ -45,8 +50,31 @@ impl<'a> LoginAttempts<'a> {
         .bind(since)
         .fetch_one(self.crm.pool())
         .await?;
-        let n: i64 = row.try_get("n")?;
-        Ok(u64::try_from(n).unwrap_or(0))
+        count(&row)
+    }
+
+    /// Failed logins for `email` from any address within the last `window`: the limit
+    /// that stops password guessing spread over many addresses.
+    pub async fn failures_for_email(&self, email: &str, window: Duration) -> Result<u64> {
+        let since = self.crm.now_ms().saturating_sub(ms(window));
+        let row = query("SELECT COUNT(*) AS n FROM login_attempts WHERE email = $1 AND at_ms > $2")
+            .bind(email.trim().to_lowercase())
+            .bind(since)
+            .fetch_one(self.crm.pool())
+            .await?;
+        count(&row)
+    }
+
+    /// Failed logins from `ip` for any email within the last `window`: the limit that
+    /// stops one address trying many accounts.
+    pub async fn failures_from_ip(&self, ip: &str, window: Duration) -> Result<u64> {
+        let since = self.crm.now_ms().saturating_sub(ms(window));
+        let row = query("SELECT COUNT(*) AS n FROM login_attempts WHERE ip = $1 AND at_ms > $2")
+            .bind(ip)
+            .bind(since)
+            .fetch_one(self.crm.pool())
+            .await?;
+        count(&row)
     }
 
     /// Forgets the failures for `email` from `ip` (after a successful login).

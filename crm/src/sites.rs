@@ -22,7 +22,7 @@ text_enum! {
 }
 
 /// A site.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Site {
     /// Id.
     pub id: i64,
@@ -50,7 +50,7 @@ pub struct Site {
     pub time_zone: String,
     /// Building kind.
     pub property_type: PropertyType,
-    /// The account's primary site.
+    /// The account's primary site; an account has at most one.
     pub is_primary: bool,
     /// Creation time, ms since the epoch.
     pub created_ms: i64,
@@ -59,7 +59,7 @@ pub struct Site {
 }
 
 /// Input for [`Sites::create`] and [`Sites::update`] (which replaces every field).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewSite {
     /// The owning account.
@@ -94,7 +94,7 @@ pub struct NewSite {
     pub time_zone: String,
     /// Building kind.
     pub property_type: PropertyType,
-    /// Primary site of the account.
+    /// Primary site of the account; setting it clears it on the account's other sites.
     #[serde(default)]
     pub is_primary: bool,
 }
@@ -219,12 +219,50 @@ impl<'a> Sites<'a> {
              VALUES ({account}, {}, {property}, {primary}, {now}, {now}) RETURNING {COLUMNS}",
             values.join(", ")
         );
+        let mut tx = self.crm.pool().begin().await?;
+        if new.is_primary {
+            self.clear_primary(&mut tx, new.account_id, None).await?;
+        }
         let row = stmt
             .query()
-            .fetch_one(self.crm.pool())
+            .fetch_one(&mut *tx)
             .await
             .map_err(|e| map_write("site", "account_id", e))?;
+        tx.commit().await?;
         Ok(from_row(&row)?)
+    }
+
+    /// Makes no site of `account_id` but `except` primary, in `tx`, before the caller
+    /// writes a primary site there: an account has one primary site, and setting it on
+    /// one site is how a client moves it.
+    ///
+    /// Locks the account row first (a no-op update: row lock on PostgreSQL, the write
+    /// lock on SQLite), so two transactions that each make a different site primary
+    /// run one after the other and leave one primary, not two.
+    async fn clear_primary(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        account_id: i64,
+        except: Option<i64>,
+    ) -> Result<()> {
+        query("UPDATE accounts SET updated_ms = updated_ms WHERE id = $1")
+            .bind(account_id)
+            .execute(&mut **tx)
+            .await?;
+        let mut stmt = Stmt::new("UPDATE sites SET is_primary = ");
+        let no = stmt.arg(Arg::Bool(false));
+        let now = stmt.arg(Arg::Int(self.crm.now_ms()));
+        let account = stmt.arg(Arg::Int(account_id));
+        let yes = stmt.arg(Arg::Bool(true));
+        stmt.sql.push_str(&format!(
+            "{no}, updated_ms = {now} WHERE account_id = {account} AND is_primary = {yes}"
+        ));
+        if let Some(id) = except {
+            let id = stmt.arg(Arg::Int(id));
+            stmt.sql.push_str(&format!(" AND id <> {id}"));
+        }
+        stmt.query().execute(&mut **tx).await?;
+        Ok(())
     }
 
     /// The site with this id.
@@ -290,12 +328,18 @@ impl<'a> Sites<'a> {
              updated_ms = {now} WHERE id = {id_p} RETURNING {COLUMNS}",
             sets.join(", ")
         );
+        let mut tx = self.crm.pool().begin().await?;
+        if new.is_primary {
+            self.clear_primary(&mut tx, new.account_id, Some(id))
+                .await?;
+        }
         let row = stmt
             .query()
-            .fetch_optional(self.crm.pool())
+            .fetch_optional(&mut *tx)
             .await
             .map_err(|e| map_write("site", "account_id", e))?
             .ok_or_else(|| Error::not_found("site", id))?;
+        tx.commit().await?;
         Ok(from_row(&row)?)
     }
 

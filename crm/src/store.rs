@@ -53,6 +53,57 @@ fn migrator(backend: Backend) -> Migrator {
     )
 }
 
+/// Options for a `sqlite:` URL. Like the default file, the file (and its directory) is
+/// created if missing: a fresh install pointed at a new path should start, not fail
+/// with "unable to open database file". A URL that names a `mode` (`ro`, `rw`,
+/// `memory`...) gets exactly that mode.
+fn sqlite_options(url: &str) -> Result<AnyConnectOptions> {
+    let invalid =
+        |e: sqlx::Error| Error::invalid("url", format!("is not a usable SQLite URL: {e}"));
+    let mut sqlite: SqliteConnectOptions = url.parse().map_err(invalid)?;
+    // sqlx reads the parameters after the first `?` in the same way.
+    let has_mode = url.split_once('?').is_some_and(|(_, query)| {
+        url::form_urlencoded::parse(query.as_bytes()).any(|(key, _)| key == "mode")
+    });
+    if !has_mode {
+        sqlite = sqlite.create_if_missing(true);
+        if let Some(dir) = sqlite
+            .get_filename()
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+        {
+            std::fs::create_dir_all(dir).map_err(|source| Error::Io {
+                path: dir.to_owned(),
+                source,
+            })?;
+        }
+    }
+    Ok(AnyConnectOptions::from_url(&sqlite.to_url_lossy())?)
+}
+
+/// Options for a `postgres://` URL.
+fn postgres_options(url: &str) -> Result<AnyConnectOptions> {
+    let mut parsed: url::Url = url
+        .parse()
+        .map_err(|_| Error::invalid("url", "is not a valid URL"))?;
+    // `sqlx::Any` sends a NULL to PostgreSQL as a parameter of its own type (not the
+    // column's); a statement cached after a NULL then refuses a real value in that
+    // place ("incorrect binary data format"). Without the cache each statement is
+    // prepared with the types of its own arguments, in the same round trip. Forced: a
+    // URL that turns the cache on would bring the failure back.
+    let pairs: Vec<(String, String)> = parsed
+        .query_pairs()
+        .filter(|(k, _)| k != "statement-cache-capacity")
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    parsed
+        .query_pairs_mut()
+        .clear()
+        .extend_pairs(pairs)
+        .append_pair("statement-cache-capacity", "0");
+    Ok(AnyConnectOptions::from_url(&parsed)?)
+}
+
 /// The file name of the default SQLite store inside the data directory.
 pub const SQLITE_FILE: &str = "crm.sqlite";
 
@@ -102,40 +153,15 @@ impl Crm {
                 let url = sqlite.to_url_lossy();
                 (Backend::Sqlite, AnyConnectOptions::from_url(&url)?)
             }
-            Some(url) => {
-                let backend = if url.starts_with("postgres://") || url.starts_with("postgresql://")
-                {
-                    Backend::Postgres
-                } else if url.starts_with("sqlite:") {
-                    Backend::Sqlite
-                } else {
-                    return Err(Error::invalid(
-                        "url",
-                        "must start with postgres://, postgresql:// or sqlite:",
-                    ));
-                };
-                let mut parsed: url::Url = url
-                    .parse()
-                    .map_err(|_| Error::invalid("url", "is not a valid URL"))?;
-                if backend == Backend::Postgres {
-                    // `sqlx::Any` sends a NULL to PostgreSQL as a parameter of its own
-                    // type (not the column's); a statement cached after a NULL then
-                    // refuses a real value in that place ("incorrect binary data
-                    // format"). Without the cache each statement is prepared with the
-                    // types of its own arguments, in the same round trip. Forced: a
-                    // URL that turns the cache on would bring the failure back.
-                    let pairs: Vec<(String, String)> = parsed
-                        .query_pairs()
-                        .filter(|(k, _)| k != "statement-cache-capacity")
-                        .map(|(k, v)| (k.into_owned(), v.into_owned()))
-                        .collect();
-                    parsed
-                        .query_pairs_mut()
-                        .clear()
-                        .extend_pairs(pairs)
-                        .append_pair("statement-cache-capacity", "0");
-                }
-                (backend, AnyConnectOptions::from_url(&parsed)?)
+            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                (Backend::Postgres, postgres_options(url)?)
+            }
+            Some(url) if url.starts_with("sqlite:") => (Backend::Sqlite, sqlite_options(url)?),
+            Some(_) => {
+                return Err(Error::invalid(
+                    "url",
+                    "must start with postgres://, postgresql:// or sqlite:",
+                ));
             }
         };
         // sqlx's SQLite defaults already turn foreign keys on and wait 5 s on a busy

@@ -51,7 +51,7 @@ text_enum! {
 }
 
 /// An API token as stored (the plain token is not).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct ApiToken {
     /// Id.
     pub id: i64,
@@ -70,7 +70,7 @@ pub struct ApiToken {
 }
 
 /// Input for [`ApiTokens::create`].
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewApiToken {
     /// What it is for.

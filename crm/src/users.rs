@@ -36,7 +36,7 @@ text_enum! {
 }
 
 /// A user as the API may show it: no password hash here, by construction.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct User {
     /// Id.
     pub id: i64,
@@ -55,7 +55,7 @@ pub struct User {
 }
 
 /// Input for [`Users::create`]. Its `Debug` hides the password.
-#[derive(Clone, Deserialize)]
+#[derive(Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewUser {
     /// Email; trimmed and lower-cased before it is stored.
@@ -66,12 +66,13 @@ pub struct NewUser {
     pub role: Role,
     /// Plain password (8 to 1024 characters), or none for a user who cannot log in
     /// with one (a gateway identity that uses API tokens).
+    #[schema(format = Password, write_only)]
     pub password: Option<String>,
 }
 
 /// A partial update for [`Users::update`]: absent fields stay as they are. Its `Debug`
 /// hides the password.
-#[derive(Clone, Default, Deserialize)]
+#[derive(Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct UserUpdate {
     /// New email.
@@ -82,7 +83,8 @@ pub struct UserUpdate {
     pub role: Option<Role>,
     /// Activate or deactivate.
     pub active: Option<bool>,
-    /// New password (re-hashed).
+    /// New password (re-hashed); ends the user's sessions.
+    #[schema(format = Password, write_only)]
     pub password: Option<String>,
 }
 
@@ -122,6 +124,8 @@ pub struct UserFilter {
     pub role: Option<Role>,
     /// Only active (or only inactive) users.
     pub active: Option<bool>,
+    /// Only users whose email contains this text (case-insensitive).
+    pub email: Option<String>,
 }
 
 const COLUMNS: &str = "id, email, display_name, role, active, created_ms, updated_ms";
@@ -136,6 +140,19 @@ fn from_row(row: &AnyRow) -> sqlx::Result<User> {
         created_ms: row.try_get("created_ms")?,
         updated_ms: row.try_get("updated_ms")?,
     })
+}
+
+/// `text` with LIKE's wildcards (`%`, `_`) and the escape character (`\`) escaped, so
+/// a search for `a_b` finds only `a_b`.
+fn escape_like(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }
 
 fn check_password(checks: &mut Checks, password: &str) {
@@ -251,6 +268,18 @@ impl<'a> Users<'a> {
         }
         if let Some(active) = filter.active {
             stmt.filter(&mut first, "active =", Arg::Bool(active));
+        }
+        if let Some(part) = filter
+            .email
+            .as_deref()
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+        {
+            // Emails are stored lower-cased, so a lower-cased pattern matches on both
+            // backends (PostgreSQL's LIKE is case-sensitive, SQLite's is not).
+            let pattern = format!("%{}%", escape_like(&part.to_lowercase()));
+            stmt.filter(&mut first, "email LIKE", Arg::Text(pattern));
+            stmt.sql.push_str(" ESCAPE '\\'");
         }
         stmt.sql.push_str(" ORDER BY id");
         stmt.page(page);

@@ -275,6 +275,31 @@ async fn login_attempts_count_in_window(h: &Harness) {
             .unwrap(),
         1
     );
+    // Per email over every address, and per address over every email.
+    attempts
+        .record_failure("mallory@example.com", "10.0.0.2")
+        .await
+        .unwrap();
+    assert_eq!(
+        attempts
+            .failures_for_email("EVE@example.com", window)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        attempts.failures_from_ip("10.0.0.2", window).await.unwrap(),
+        2
+    );
+    assert_eq!(
+        attempts.failures_from_ip("10.0.0.1", window).await.unwrap(),
+        0
+    );
+    h.clock.advance(600_001);
+    assert_eq!(
+        attempts.failures_from_ip("10.0.0.2", window).await.unwrap(),
+        0
+    );
 }
 
 both!(

@@ -1,6 +1,7 @@
 use crm::{
-    AccountFilter, AccountType, DeviceFilter, DeviceKind, DeviceStatus, Error, NewAccount,
-    NewDevice, NewSite, Page, PropertyType, Role, SiteAssignment, SiteFilter,
+    AccountFilter, AccountType, AccountUpdate, DeviceFilter, DeviceKind, DeviceStatus, Error,
+    NewAccount, NewDevice, NewSite, Page, PropertyType, Role, SiteAssignment, SiteFilter,
+    UserFilter,
 };
 
 use crate::common::{Harness, T0, both};
@@ -92,7 +93,10 @@ async fn accounts_unique_number_and_owner(h: &Harness) {
     let b = accounts.create(business.clone()).await.unwrap();
     assert_eq!(b.billing_email.as_deref(), Some("billing@example.com"));
     business.status = crm::AccountStatus::Suspended;
-    let b = accounts.update(b.id, business).await.unwrap();
+    let b = accounts
+        .update(b.id, AccountUpdate::from_new(business))
+        .await
+        .unwrap();
     assert_eq!(b.status, crm::AccountStatus::Suspended);
     let mine = accounts
         .list(
@@ -445,7 +449,197 @@ async fn nulls_and_values_alternate_in_one_statement(h: &Harness) {
     }
 }
 
+/// An edit never moves an account to another user by accident: a `user_id` other than
+/// the owner's is refused, naming `user_id`, and only `transfer_owner` moves it.
+async fn account_owner_changes_only_by_explicit_transfer(h: &Harness) {
+    let (alice, account_id, site_id) = owner(h, "alice@example.com").await;
+    let (bob, _, _) = owner(h, "bob@example.com").await;
+    let accounts = h.crm.accounts();
+    let edit = |user_id: Option<i64>, transfer_owner: bool| AccountUpdate {
+        user_id,
+        transfer_owner,
+        account_number: "ACC-alice@example.com".into(),
+        account_type: AccountType::Business,
+        status: crm::AccountStatus::Active,
+        billing_email: None,
+        tax_id: None,
+    };
+
+    // Naming the current owner, or no owner, edits the other fields.
+    let a = accounts
+        .update(account_id, edit(Some(alice), false))
+        .await
+        .unwrap();
+    assert_eq!((a.user_id, a.account_type), (alice, AccountType::Business));
+    let a = accounts
+        .update(account_id, edit(None, false))
+        .await
+        .unwrap();
+    assert_eq!(a.user_id, alice);
+
+    // Another owner without transfer_owner: refused, nothing changed.
+    let mut stale = edit(Some(bob), false);
+    stale.status = crm::AccountStatus::Closed;
+    let err = accounts.update(account_id, stale).await.unwrap_err();
+    assert_eq!(fields(err), ["user_id"]);
+    let a = accounts.get(account_id).await.unwrap();
+    assert_eq!((a.user_id, a.status), (alice, crm::AccountStatus::Active));
+
+    // transfer_owner needs the new owner, and the new owner must exist.
+    assert_eq!(
+        fields(
+            accounts
+                .update(account_id, edit(None, true))
+                .await
+                .unwrap_err()
+        ),
+        ["user_id"]
+    );
+    assert_eq!(
+        fields(
+            accounts
+                .update(account_id, edit(Some(987_654), true))
+                .await
+                .unwrap_err()
+        ),
+        ["user_id"]
+    );
+
+    // The explicit transfer moves the account and, with it, its sites.
+    let a = accounts
+        .update(account_id, edit(Some(bob), true))
+        .await
+        .unwrap();
+    assert_eq!(a.user_id, bob);
+    let bobs_sites = h
+        .crm
+        .sites()
+        .list(
+            &SiteFilter {
+                user_id: Some(bob),
+                ..SiteFilter::default()
+            },
+            Page::default(),
+        )
+        .await
+        .unwrap();
+    assert!(bobs_sites.iter().any(|s| s.id == site_id));
+    assert!(matches!(
+        accounts.update(424_242, edit(None, false)).await,
+        Err(Error::NotFound {
+            entity: "account",
+            ..
+        })
+    ));
+}
+
+/// Setting `is_primary` on one site clears it on the account's other sites (and only
+/// that account's), on create and on update.
+async fn one_primary_site_per_account(h: &Harness) {
+    let (_, account_id, home) = owner(h, "p@example.com").await;
+    let (_, other_account, other_home) = owner(h, "q@example.com").await;
+    let sites = h.crm.sites();
+    let primaries = |account_id: i64| async move {
+        sites
+            .list(
+                &SiteFilter {
+                    account_id: Some(account_id),
+                    ..SiteFilter::default()
+                },
+                Page::default(),
+            )
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|s| s.is_primary)
+            .map(|s| s.id)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(primaries(account_id).await, [home]);
+
+    let mut garage = new_site(account_id, "Garage");
+    garage.is_primary = false;
+    let garage = sites.create(garage).await.unwrap();
+    assert_eq!(
+        primaries(account_id).await,
+        [home],
+        "a non-primary site changes nothing"
+    );
+
+    h.clock.advance(1000);
+    let office = sites.create(new_site(account_id, "Office")).await.unwrap();
+    assert_eq!(primaries(account_id).await, [office.id]);
+    let cleared = sites.get(home).await.unwrap();
+    assert!(!cleared.is_primary);
+    assert_eq!(
+        cleared.updated_ms,
+        T0 + 1000,
+        "the cleared site records the change"
+    );
+
+    // Update moves it back; updating the primary site itself keeps it primary.
+    sites
+        .update(garage.id, new_site(account_id, "Garage"))
+        .await
+        .unwrap();
+    assert_eq!(primaries(account_id).await, [garage.id]);
+    sites
+        .update(garage.id, new_site(account_id, "Garage 2"))
+        .await
+        .unwrap();
+    assert_eq!(primaries(account_id).await, [garage.id]);
+
+    // A failed write clears nothing.
+    let mut bad = new_site(account_id, "Bad");
+    bad.time_zone = "Nowhere/Nothing".into();
+    sites.create(bad.clone()).await.unwrap_err();
+    bad.time_zone = "Europe/Berlin".into();
+    assert!(matches!(
+        sites.update(424_242, bad).await,
+        Err(Error::NotFound { .. })
+    ));
+    assert_eq!(primaries(account_id).await, [garage.id]);
+
+    // Other accounts keep their primary site.
+    assert_eq!(primaries(other_account).await, [other_home]);
+}
+
+async fn users_filter_by_email_substring(h: &Harness) {
+    let users = h.crm.users();
+    for email in ["ann@solar.example", "a_n@grid.example", "bob@solar.example"] {
+        users
+            .create(crate::users::new_user(email, Role::Customer, None))
+            .await
+            .unwrap();
+    }
+    let emails = |part: &'static str| async move {
+        users
+            .list(
+                &UserFilter {
+                    email: Some(part.into()),
+                    ..UserFilter::default()
+                },
+                Page::default(),
+            )
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|u| u.email)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        emails("SOLAR").await,
+        ["ann@solar.example", "bob@solar.example"]
+    );
+    // LIKE's wildcards are matched literally.
+    assert_eq!(emails("a_n").await, ["a_n@grid.example"]);
+    assert!(emails("%").await.is_empty());
+}
+
 both!(
+    account_owner_changes_only_by_explicit_transfer,
+    one_primary_site_per_account,
+    users_filter_by_email_substring,
     nulls_and_values_alternate_in_one_statement,
     accounts_unique_number_and_owner,
     site_validation_names_each_bad_field,

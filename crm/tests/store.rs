@@ -74,3 +74,58 @@ fn config_defaults_and_unknown_fields() {
     assert_eq!(config.unknown_devices, UnknownDevices::Reject);
     assert!(serde_json::from_str::<CrmConfig>(r#"{"urll": "x"}"#).is_err());
 }
+
+#[tokio::test]
+async fn a_sqlite_url_to_a_missing_file_creates_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("new").join("side.sqlite");
+    let config = CrmConfig {
+        url: Some(format!("sqlite://{}", file.display())),
+        ..CrmConfig::default()
+    };
+    let crm = crm::Crm::open(&config, &dir.path().join("unused"))
+        .await
+        .expect("a missing file is created");
+    assert_eq!(crm.backend(), Backend::Sqlite);
+    crm.close().await;
+    assert!(file.exists());
+    assert!(
+        !dir.path().join("unused").exists(),
+        "the data dir is not used"
+    );
+    // And opened again, migrations already applied.
+    let crm = crm::Crm::open(&config, dir.path()).await.expect("reopen");
+    crm.close().await;
+
+    // A mode in the URL is kept: `rw` does not create.
+    let missing = dir.path().join("other.sqlite");
+    let config = CrmConfig {
+        url: Some(format!("sqlite://{}?mode=rw", missing.display())),
+        ..CrmConfig::default()
+    };
+    assert!(crm::Crm::open(&config, dir.path()).await.is_err());
+    assert!(!missing.exists());
+}
+
+#[test]
+fn config_last_seen_interval_is_humantime_and_round_trips() {
+    let config: CrmConfig = serde_json::from_str(r#"{"last_seen_interval": "250ms"}"#).unwrap();
+    assert_eq!(
+        config.last_seen_interval,
+        std::time::Duration::from_millis(250)
+    );
+    assert_eq!(
+        CrmConfig::default().last_seen_interval,
+        std::time::Duration::from_secs(5)
+    );
+    let config = CrmConfig {
+        url: Some("postgres://crm:s3cret@db/crm".into()),
+        ..config
+    };
+    // Serialised in full (the effective config must load back), password included.
+    let text = serde_json::to_string(&config).unwrap();
+    assert!(text.contains("250ms") && text.contains("s3cret"), "{text}");
+    assert_eq!(serde_json::from_str::<CrmConfig>(&text).unwrap(), config);
+    // Debug, which reaches logs, hides it.
+    assert!(!format!("{config:?}").contains("s3cret"));
+}

@@ -11,14 +11,15 @@
 //!
 //! ```text
 //! HTTP body ─► decode_body ─► parse_line_protocol / parse_json ─► (ParsedLine, LineError)
-//!                                                                   └─► Store::validate ─► WAL
+//!                                        └─► apply_canonical ─► DeviceGate ─► Store::validate ─► WAL
 //! ```
 //!
 //! The parsers do no I/O and keep no state: every one is a pure transformation of a
 //! byte slice. [`apply_canonical`] holds every write path to the canonical tables'
-//! column types and records each row's quality and source. The [`mqtt`] collector is the
-//! exception to purity: it subscribes to a broker, decodes device payloads and hands the
-//! rows to the store itself. The [`modbus`] collector does the same for devices it polls
+//! column types and records each row's quality and source. A [`DeviceGate`] (the
+//! server's device registry) then decides which rows' devices may be stored, on every
+//! write path alike. The [`mqtt`] collector is the exception to purity: it subscribes
+//! to a broker, decodes device payloads and hands the rows to the store itself. The [`modbus`] collector does the same for devices it polls
 //! over Modbus TCP, SunSpec inverters, meters and batteries among them.
 
 mod canonical;
@@ -26,6 +27,7 @@ mod checks;
 mod clock;
 mod decode;
 mod error;
+pub mod gate;
 mod json;
 mod line_protocol;
 pub mod modbus;
@@ -35,6 +37,7 @@ mod precision;
 pub use canonical::apply_canonical;
 pub use decode::decode_body;
 pub use error::{Error, Result};
+pub use gate::DeviceGate;
 pub use json::parse_json;
 pub use line_protocol::parse_line_protocol;
 pub use precision::Precision;

@@ -44,6 +44,10 @@ pub(crate) enum Command {
     /// Simulate devices, for load tests and demos: publish a fleet to an MQTT broker, or
     /// serve SunSpec devices over Modbus TCP.
     Simulate(crate::simulate::SimulateArgs),
+    /// Manage users in the side store: create the first admin.
+    User(crate::admin::UserArgs),
+    /// Manage API tokens: gateways' write tokens, analysts' read tokens, admin tokens.
+    Token(crate::admin::TokenArgs),
 }
 
 /// Flags that select and override the configuration.

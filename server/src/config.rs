@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use bytesize::ByteSize;
+use crm::CrmConfig;
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::value::{Uncased, UncasedStr};
@@ -17,6 +18,7 @@ use query::QueryConfig;
 use serde::{Deserialize, Serialize};
 use storage::StoreConfig;
 
+pub use crate::auth::AuthConfig;
 use crate::error::{Error, Result};
 
 /// Prefix of the environment variables that override configuration keys.
@@ -25,7 +27,9 @@ pub const ENV_PREFIX: &str = "GRIDLAKE_";
 /// The configuration tables. An environment variable `GRIDLAKE_<SECTION>_<KEY>` sets
 /// `<key>` in `[<section>]`: the first `_` after a section name separates it from the key,
 /// because keys themselves contain underscores (`snapshot_rows`).
-const SECTIONS: [&str; 6] = ["http", "storage", "query", "mqtt", "modbus", "log"];
+const SECTIONS: [&str; 8] = [
+    "http", "storage", "query", "mqtt", "modbus", "crm", "auth", "log",
+];
 
 /// Top-level keys that are not tables.
 const TOP_LEVEL_KEYS: [&str; 1] = ["data_dir"];
@@ -47,6 +51,10 @@ pub struct Config {
     pub mqtt: MqttConfig,
     /// The Modbus collector.
     pub modbus: ModbusConfig,
+    /// The side store: users, accounts, sites, the device registry.
+    pub crm: CrmConfig,
+    /// Authentication.
+    pub auth: AuthConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -60,6 +68,8 @@ impl Default for Config {
             query: QueryConfig::default(),
             mqtt: MqttConfig::default(),
             modbus: ModbusConfig::default(),
+            crm: CrmConfig::default(),
+            auth: AuthConfig::default(),
             log: LogConfig::default(),
         }
     }

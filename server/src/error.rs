@@ -68,12 +68,18 @@ pub enum Error {
     /// Opening, using or shutting down the store failed.
     #[error("storage: {0}")]
     Storage(#[from] storage::Error),
+    /// Opening or using the side store (users, sites, the device registry) failed.
+    #[error("crm side store: {0}")]
+    Crm(#[from] crm::Error),
     /// Setting up or running a query failed.
     #[error("query: {0}")]
     Query(#[from] query::Error),
     /// A blocking task panicked or was cancelled.
     #[error("background task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
+    /// Reading a password from the terminal or stdin failed.
+    #[error("cannot read the password: {0}")]
+    Stdin(#[source] std::io::Error),
     /// Writing the result to stdout failed.
     #[error("cannot write to stdout: {0}")]
     Stdout(#[source] std::io::Error),

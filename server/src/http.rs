@@ -1,7 +1,10 @@
 //! The HTTP API: routes, shared state, and the per-request span and metrics.
 
-mod error;
+pub(crate) mod error;
+mod openapi;
 mod ops;
+mod rest;
+pub(crate) mod routes;
 mod sql;
 mod write;
 
@@ -13,8 +16,8 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::{get, post};
 use bytesize::ByteSize;
+use crm::Crm;
 use ingest::modbus::DeviceList;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -23,6 +26,9 @@ use prometheus_client::registry::Registry;
 use query::QueryEngine;
 use storage::Store;
 use tracing::Instrument;
+
+use crate::auth::AuthConfig;
+use crate::registry::DeviceRegistry;
 
 /// What every handler shares. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -42,6 +48,23 @@ struct Inner {
     next_request_id: AtomicU64,
     /// The Modbus collector's devices, when it runs.
     modbus: Option<DeviceList>,
+    /// Users, accounts, sites, the device registry, sessions and tokens.
+    crm: Crm,
+    /// `[auth]`.
+    auth: AuthConfig,
+    /// The device registry's in-memory side: device id to site, on the write path.
+    devices: DeviceRegistry,
+}
+
+/// The side store and what the API needs of it, for [`AppState::new`].
+#[derive(Debug, Clone)]
+pub(crate) struct Access {
+    /// The side store.
+    pub(crate) crm: Crm,
+    /// `[auth]`.
+    pub(crate) auth: AuthConfig,
+    /// The registry cache over `crm`.
+    pub(crate) devices: DeviceRegistry,
 }
 
 /// Metrics the HTTP layer owns.
@@ -70,6 +93,7 @@ impl AppState {
         engine: QueryEngine,
         mut registry: Registry,
         max_body_size: ByteSize,
+        access: Access,
     ) -> Self {
         let metrics = HttpMetrics::default();
         registry.register(
@@ -93,6 +117,9 @@ impl AppState {
                 started: Instant::now(),
                 next_request_id: AtomicU64::new(1),
                 modbus: None,
+                crm: access.crm,
+                auth: access.auth,
+                devices: access.devices,
             }),
         }
     }
@@ -108,6 +135,18 @@ impl AppState {
 
     pub(crate) fn modbus(&self) -> Option<&DeviceList> {
         self.inner.modbus.as_ref()
+    }
+
+    pub(crate) fn crm(&self) -> &Crm {
+        &self.inner.crm
+    }
+
+    pub(crate) fn auth(&self) -> &AuthConfig {
+        &self.inner.auth
+    }
+
+    pub(crate) fn devices(&self) -> &DeviceRegistry {
+        &self.inner.devices
     }
 
     pub(crate) fn store(&self) -> &Store {
@@ -139,19 +178,11 @@ impl AppState {
     }
 }
 
-/// The API's routes over `state`.
+/// The API over `state`: the routes of [`routes::endpoints`], each behind its access
+/// rule, and the per-request span and metrics around them all.
 pub(crate) fn router(state: AppState) -> Router {
     let body_limit = state.max_body_size();
-    Router::new()
-        .route("/write", post(write::write_influx))
-        .route("/api/v2/write", post(write::write_influx))
-        .route("/api/v3/write_lp", post(write::write_lp))
-        .route("/api/v1/write/json", post(write::write_json))
-        .route("/api/v1/sql", get(sql::sql_get).post(sql::sql_post))
-        .route("/settings", get(ops::settings))
-        .route("/api/v1/modbus/devices", get(ops::modbus_devices))
-        .route("/health", get(ops::health))
-        .route("/metrics", get(ops::metrics))
+    routes::routes(&state)
         .fallback(ops::not_found)
         .method_not_allowed_fallback(ops::method_not_allowed)
         // The raw body limit; the write routes apply the same limit again after gzip

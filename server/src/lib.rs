@@ -14,16 +14,22 @@
 //! HTTP ─► http::sql   ─► QueryEngine::sql ─► query::encode ─► response
 //! MQTT ─► ingest::mqtt collector ─► Store::validate ─► Store::submit ─► PUBACK
 //! CLI  ─► sql (read-only store) · config (prints the effective TOML) · simulate mqtt · simulate modbus
+//!      · user create|list · token create|revoke (the side store)
 //! ```
 
+mod admin;
+mod auth;
 mod cli;
 pub mod config;
 mod error;
 mod http;
+mod registry;
 mod serve;
 mod simulate;
 mod simulate_modbus;
 mod sql;
+#[cfg(test)]
+mod testing;
 
 use clap::Parser;
 
@@ -51,5 +57,7 @@ pub fn run_cli() -> Result<()> {
             sql::write_stdout(text.as_bytes())
         }
         Some(Command::Simulate(args)) => Ok(simulate::run(args)?),
+        Some(Command::User(args)) => admin::run_user(args),
+        Some(Command::Token(args)) => admin::run_token(args),
     }
 }

@@ -3,7 +3,12 @@
 
 use std::future::IntoFuture;
 use std::io::{IsTerminal, Write};
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
+
+use crm::Crm;
+use ingest::gate::DeviceGate;
 
 use ingest::modbus::{ModbusCollector, ModbusMetrics};
 use ingest::mqtt::{MqttCollector, MqttMetrics};
@@ -13,9 +18,11 @@ use storage::Store;
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 
+use crate::auth::AuthConfig;
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::http::{AppState, router};
+use crate::http::{Access, AppState, router};
+use crate::registry::DeviceRegistry;
 
 /// How long in-flight requests get to finish after a shutdown signal before the server
 /// stops waiting for them. Writes waiting for their fsync finish well within this; a
@@ -73,7 +80,15 @@ async fn serve_async(config: Config) -> Result<()> {
     };
     tracing::info!(data_dir = %data_dir.display(), stats = ?store.stats(), "store open");
 
-    let result = serve_store(&config, store.clone()).await;
+    let result = match Crm::open(&config.crm, &data_dir).await {
+        Ok(crm) => {
+            tracing::info!(backend = ?crm.backend(), "crm side store open");
+            let result = serve_store(&config, store.clone(), crm.clone()).await;
+            crm.close().await;
+            result
+        }
+        Err(e) => Err(e.into()),
+    };
 
     // The HTTP front is closed (or never opened): no request can reach the store any
     // more, so flushing now cannot race an acknowledgement.
@@ -97,11 +112,15 @@ async fn serve_async(config: Config) -> Result<()> {
 }
 
 /// Serves HTTP over `store` until a shutdown signal and the end of in-flight requests.
-async fn serve_store(config: &Config, store: Store) -> Result<()> {
+async fn serve_store(config: &Config, store: Store, crm: Crm) -> Result<()> {
     let engine = QueryEngine::new(store.clone(), config.query.clone())?;
     let mut registry = Registry::default();
     store.register_metrics(&mut registry);
     engine.register_metrics(&mut registry);
+    let devices = DeviceRegistry::load(crm.clone(), &config.crm).await?;
+    devices.register_metrics(&mut registry);
+    let registry_tasks = devices.start();
+    let gate: Arc<dyn DeviceGate> = Arc::new(devices.clone());
     // A bad [modbus] section stops the start before the MQTT collector connects.
     if config.modbus.enabled {
         config.modbus.check()?;
@@ -109,7 +128,12 @@ async fn serve_store(config: &Config, store: Store) -> Result<()> {
     let collector = if config.mqtt.enabled {
         let metrics = MqttMetrics::default();
         metrics.register(&mut registry);
-        Some(MqttCollector::start(&config.mqtt, store.clone(), metrics)?)
+        Some(MqttCollector::start(
+            &config.mqtt,
+            store.clone(),
+            metrics,
+            Some(gate.clone()),
+        )?)
     } else {
         None
     };
@@ -120,11 +144,18 @@ async fn serve_store(config: &Config, store: Store) -> Result<()> {
             &config.modbus,
             store.clone(),
             metrics,
+            Some(gate.clone()),
         )?)
     } else {
         None
     };
-    let mut state = AppState::new(store, engine, registry, config.http.max_body_size);
+    let cleanup = tokio::spawn(clean_up(crm.clone(), config.auth.clone()));
+    let access = Access {
+        crm,
+        auth: config.auth.clone(),
+        devices,
+    };
+    let mut state = AppState::new(store, engine, registry, config.http.max_body_size, access);
     if let Some(modbus) = &modbus {
         state = state.with_modbus(modbus.device_list());
     }
@@ -138,6 +169,14 @@ async fn serve_store(config: &Config, store: Store) -> Result<()> {
         .local_addr()
         .map_err(|source| Error::Bind { addr, source })?;
     let signals = ShutdownSignals::install()?;
+    if !config.auth.enabled {
+        tracing::warn!(
+            addr = %local,
+            "AUTHENTICATION IS OFF (auth.enabled = false): anyone who can reach this \
+             address can read, write and delete every reading and every user, site and \
+             device. Run like this only on a machine nobody else can reach."
+        );
+    }
     announce_ready(&format!("gridlake listening on http://{local}"));
     tracing::info!(addr = %local, "accepting HTTP requests");
 
@@ -150,9 +189,13 @@ async fn serve_store(config: &Config, store: Store) -> Result<()> {
         );
         let _ = signalled_tx.send(());
     };
-    let server = axum::serve(listener, app)
-        .with_graceful_shutdown(stop)
-        .into_future();
+    // The peer address feeds the per-address login limit.
+    let server = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(stop)
+    .into_future();
     let grace_expired = async move {
         // The sender lives inside the server future; if the server ends first this
         // branch is never polled again, and a dropped sender means no signal came.
@@ -181,7 +224,29 @@ async fn serve_store(config: &Config, store: Store) -> Result<()> {
     if let Some(modbus) = modbus {
         modbus.shutdown().await;
     }
+    cleanup.abort();
+    // The last batch of last-seen times.
+    registry_tasks.shutdown().await;
     served
+}
+
+/// Deletes expired sessions and login failures older than the rate-limit window, every
+/// `auth.cleanup_interval`. Lookups refuse expired sessions anyway; this keeps the tables
+/// small.
+async fn clean_up(crm: Crm, auth: AuthConfig) {
+    let mut tick = tokio::time::interval(auth.cleanup_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match crm.sessions().delete_expired().await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(sessions = n, "deleted expired sessions"),
+            Err(e) => tracing::warn!(error = %e, "cannot delete expired sessions"),
+        }
+        if let Err(e) = crm.login_attempts().prune(auth.login_window).await {
+            tracing::warn!(error = %e, "cannot delete old login failures");
+        }
+    }
 }
 
 /// Prints the one line on stdout that tells scripts and tests the server is ready and

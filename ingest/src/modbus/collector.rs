@@ -15,6 +15,7 @@ use super::device::{Device, SunSpecInfo};
 use super::endpoint::{Clock, EndpointTask, Slot};
 use super::metrics::ModbusMetrics;
 use super::sink::Sink;
+use crate::gate::DeviceGate;
 
 /// What the collector knows about one device, for an HTTP listing.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -81,12 +82,14 @@ impl DeviceList {
 
 impl ModbusCollector {
     /// Checks `config` and starts polling its devices into `store`. Unreachable
-    /// devices do not fail the start: they are retried with backoff. Must be called
-    /// within a Tokio runtime.
+    /// devices do not fail the start: they are retried with backoff. Polled rows pass
+    /// `gate` (the device registry), when given, before they are validated. Must be
+    /// called within a Tokio runtime.
     pub fn start(
         config: &ModbusConfig,
         store: Store,
         metrics: ModbusMetrics,
+        gate: Option<Arc<dyn DeviceGate>>,
     ) -> Result<Self, ModbusConfigError> {
         let specs = config.specs()?;
         let clock = Clock::start();
@@ -140,10 +143,12 @@ impl ModbusCollector {
             .collect();
         let sink = Sink {
             store,
+            gate,
             metrics,
             batch_rows: config.batch_rows.max(1),
             linger: config.batch_linger,
             warned: None,
+            warned_gate: None,
         };
         let sink = tokio::spawn(sink.run(rx));
         Ok(Self {

@@ -114,7 +114,7 @@ impl ModbusMetrics {
         );
         registry.register(
             "gridlake_modbus_invalid_rows",
-            "Polled rows the store refused (a column whose type an earlier write fixed differently, a fractional value for an integer column)",
+            "Polled rows refused: by the device registry (a device it does not know, with crm.unknown_devices = \"reject\") or by the store (a column whose type an earlier write fixed differently, a fractional value for an integer column)",
             self.invalid_rows.clone(),
         );
     }

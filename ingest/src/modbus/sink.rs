@@ -6,17 +6,20 @@
 //! within `batch_linger` of the first, validates and prepares the batch on its own
 //! task, and submits it. A full store queue is retried; while it is, the sink stops
 //! receiving, and the bounded channel makes the endpoint tasks wait: backpressure, not
-//! loss. Rows the store refuses are logged and counted, not fatal.
+//! loss. Rows the device gate (the registry) or the store refuses are logged and
+//! counted, not fatal.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use storage::{ParsedLine, PreparedWrite, Store};
+use storage::{LineError, ParsedLine, PreparedWrite, Store};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use super::metrics::ModbusMetrics;
 use crate::clock::sleep_until;
+use crate::gate::DeviceGate;
 
 /// How long a batch waits before it is offered to a full store queue again.
 const BUSY_RETRY: Duration = Duration::from_millis(10);
@@ -31,11 +34,15 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 #[derive(Debug)]
 pub(crate) struct Sink {
     pub(crate) store: Store,
+    /// Decides which devices' rows may be stored, when a registry is configured.
+    pub(crate) gate: Option<Arc<dyn DeviceGate>>,
     pub(crate) metrics: ModbusMetrics,
     pub(crate) batch_rows: usize,
     pub(crate) linger: Duration,
-    /// When refused rows were last logged as a warning.
+    /// When rows the store refused were last logged as a warning.
     pub(crate) warned: Option<Instant>,
+    /// When rows the gate refused were last logged as a warning.
+    pub(crate) warned_gate: Option<Instant>,
 }
 
 /// A prepared batch the store's queue had no room for yet.
@@ -107,7 +114,7 @@ impl Sink {
         }
     }
 
-    /// Validates and prepares rows; `None` when nothing is left to write.
+    /// Gates, validates and prepares rows; `None` when nothing is left to write.
     fn prepare(&mut self, mut lines: Vec<ParsedLine>) -> Option<Ready> {
         if lines.is_empty() {
             return None;
@@ -115,23 +122,18 @@ impl Sink {
         for (i, line) in lines.iter_mut().enumerate() {
             line.line = i + 1;
         }
-        let (batch, errors) = self.store.validate(lines);
-        if let Some(first) = errors.first() {
-            self.metrics.invalid_rows.inc_by(errors.len() as u64);
-            // A schema conflict refuses rows every cycle: warn now and then, not per
-            // batch.
-            let now = Instant::now();
-            if self.warned.is_none_or(|at| now >= at + REFUSED_WARNING) {
-                self.warned = Some(now);
-                tracing::warn!(
-                    rows = errors.len(),
-                    first = %first.reason,
-                    "the store refused polled rows (counted in gridlake_modbus_invalid_rows)"
-                );
-            } else {
-                tracing::debug!(rows = errors.len(), first = %first.reason, "the store refused polled rows");
-            }
+        if let Some(gate) = &self.gate {
+            let mut refused = Vec::new();
+            gate.admit(&mut lines, &mut refused, None);
+            count_refused(
+                &self.metrics,
+                &mut self.warned_gate,
+                &refused,
+                "the device registry",
+            );
         }
+        let (batch, errors) = self.store.validate(lines);
+        count_refused(&self.metrics, &mut self.warned, &errors, "the store");
         let rows: usize = batch.tables.iter().map(|t| t.rows.len()).sum();
         if rows == 0 {
             return None;
@@ -179,5 +181,31 @@ impl Sink {
         };
         self.metrics.store_failures.inc();
         tracing::error!(error = %error, "a batch of polled rows did not become durable");
+    }
+}
+
+/// Counts rows `by` refused in the invalid-rows metric and logs them. A device the
+/// registry rejects, or a schema conflict, refuses rows every cycle: a warning now and
+/// then (`warned` holds when the last one was), debug lines in between.
+fn count_refused(
+    metrics: &ModbusMetrics,
+    warned: &mut Option<Instant>,
+    errors: &[LineError],
+    by: &str,
+) {
+    let Some(first) = errors.first() else {
+        return;
+    };
+    metrics.invalid_rows.inc_by(errors.len() as u64);
+    let now = Instant::now();
+    if warned.is_none_or(|at| now >= at + REFUSED_WARNING) {
+        *warned = Some(now);
+        tracing::warn!(
+            rows = errors.len(),
+            first = %first.reason,
+            "{by} refused polled rows (counted in gridlake_modbus_invalid_rows)"
+        );
+    } else {
+        tracing::debug!(rows = errors.len(), first = %first.reason, "{by} refused polled rows");
     }
 }

@@ -498,7 +498,8 @@ async fn a_register_map_reads_every_type_order_scale_and_offset_into_the_store()
     );
     let (_dir, store) = open_store();
     let metrics = ModbusMetrics::default();
-    let collector = ModbusCollector::start(&config(&text), store.clone(), metrics.clone()).unwrap();
+    let collector =
+        ModbusCollector::start(&config(&text), store.clone(), metrics.clone(), None).unwrap();
 
     let plc = eventually("plc-1's row", || rows_of(&store, "plc", "plc-1").pop()).await;
     for (column, value) in &expected {
@@ -725,8 +726,13 @@ async fn sunspec_devices_are_discovered_at_40000_50000_and_0() {
         ));
     }
     let (_dir, store) = open_store();
-    let collector =
-        ModbusCollector::start(&config(&text), store.clone(), ModbusMetrics::default()).unwrap();
+    let collector = ModbusCollector::start(
+        &config(&text),
+        store.clone(),
+        ModbusMetrics::default(),
+        None,
+    )
+    .unwrap();
 
     let inv = eventually("the inverter's row", || {
         rows_of(&store, "inverter", "inv").pop()
@@ -831,8 +837,13 @@ async fn a_sunspec_map_that_moves_is_discovered_again() {
         server.addr.port()
     );
     let (_dir, store) = open_store();
-    let collector =
-        ModbusCollector::start(&config(&text), store.clone(), ModbusMetrics::default()).unwrap();
+    let collector = ModbusCollector::start(
+        &config(&text),
+        store.clone(),
+        ModbusMetrics::default(),
+        None,
+    )
+    .unwrap();
     eventually("a first reading", || {
         rows_of(&store, "inverter", "inv").pop()
     })
@@ -907,7 +918,8 @@ async fn a_device_that_disappears_goes_offline_backs_off_and_returns_while_other
     );
     let (_dir, store) = open_store();
     let metrics = ModbusMetrics::default();
-    let collector = ModbusCollector::start(&config(&text), store.clone(), metrics.clone()).unwrap();
+    let collector =
+        ModbusCollector::start(&config(&text), store.clone(), metrics.clone(), None).unwrap();
     eventually("both online", || {
         let d = collector.devices();
         d.iter().all(|d| d.polls_ok >= 2).then_some(())
@@ -991,7 +1003,8 @@ async fn a_device_that_never_answers_delays_only_its_own_endpoint() {
     );
     let (_dir, store) = open_store();
     let metrics = ModbusMetrics::default();
-    let collector = ModbusCollector::start(&config(&text), store.clone(), metrics.clone()).unwrap();
+    let collector =
+        ModbusCollector::start(&config(&text), store.clone(), metrics.clone(), None).unwrap();
     let silent_now = eventually("silent failed twice", || {
         let s = snapshot(&collector, "silent");
         (s.polls_failed >= 2).then_some(s)
@@ -1038,8 +1051,13 @@ async fn rtu_over_tcp_devices_share_one_gateway_connection() {
         ));
     }
     let (_dir, store) = open_store();
-    let collector =
-        ModbusCollector::start(&config(&text), store.clone(), ModbusMetrics::default()).unwrap();
+    let collector = ModbusCollector::start(
+        &config(&text),
+        store.clone(),
+        ModbusMetrics::default(),
+        None,
+    )
+    .unwrap();
     for (unit, value) in [(3, 33.0), (4, 44.0)] {
         let row = eventually("an RTU reading", || {
             rows_of(&store, "plc", &format!("rtu-{unit}")).pop()
@@ -1076,7 +1094,7 @@ async fn shutdown_writes_the_last_batch() {
     config.batch_linger = Duration::from_secs(3600);
     let (_dir, store) = open_store();
     let metrics = ModbusMetrics::default();
-    let collector = ModbusCollector::start(&config, store.clone(), metrics.clone()).unwrap();
+    let collector = ModbusCollector::start(&config, store.clone(), metrics.clone(), None).unwrap();
     eventually("three cycles", || {
         (snapshot(&collector, "d").polls_ok >= 3).then_some(())
     })
@@ -1130,8 +1148,13 @@ async fn a_device_read_as_sunspec_and_by_a_register_map_gives_one_row_per_point(
         server.addr.port()
     );
     let (_dir, store) = open_store();
-    let collector =
-        ModbusCollector::start(&config(&text), store.clone(), ModbusMetrics::default()).unwrap();
+    let collector = ModbusCollector::start(
+        &config(&text),
+        store.clone(),
+        ModbusMetrics::default(),
+        None,
+    )
+    .unwrap();
     eventually("five cycles", || {
         (snapshot(&collector, "hybrid").polls_ok >= 5).then_some(())
     })
@@ -1176,8 +1199,13 @@ async fn sunspec_discovery_of_a_unit_that_never_answers_costs_one_base() {
         simple_device("steady", server.addr)
     );
     let (_dir, store) = open_store();
-    let collector =
-        ModbusCollector::start(&config(&text), store.clone(), ModbusMetrics::default()).unwrap();
+    let collector = ModbusCollector::start(
+        &config(&text),
+        store.clone(),
+        ModbusMetrics::default(),
+        None,
+    )
+    .unwrap();
     let absent = eventually("the absent unit failed twice", || {
         let s = snapshot(&collector, "absent");
         (s.polls_failed >= 2).then_some(s)
@@ -1222,7 +1250,8 @@ async fn a_connection_the_gateway_closed_while_idle_is_reopened_without_a_retry(
     );
     let (_dir, store) = open_store();
     let metrics = ModbusMetrics::default();
-    let collector = ModbusCollector::start(&config(&text), store.clone(), metrics.clone()).unwrap();
+    let collector =
+        ModbusCollector::start(&config(&text), store.clone(), metrics.clone(), None).unwrap();
     let d = eventually("five cycles", || {
         let s = snapshot(&collector, "d");
         (s.polls_ok >= 5).then_some(s)
@@ -1369,8 +1398,13 @@ async fn late_rtu_answer(retries: u32) {
         gateway.addr.port()
     );
     let (_dir, store) = open_store();
-    let collector =
-        ModbusCollector::start(&config(&text), store.clone(), ModbusMetrics::default()).unwrap();
+    let collector = ModbusCollector::start(
+        &config(&text),
+        store.clone(),
+        ModbusMetrics::default(),
+        None,
+    )
+    .unwrap();
     // The second successful cycle is the first after the late answer in both cases.
     eventually("the late answer delivered and two good cycles", || {
         let s = snapshot(&collector, "rtu");
@@ -1400,4 +1434,66 @@ async fn a_late_rtu_answer_after_the_retry_is_not_taken_for_the_next_cycle() {
     // The retry succeeds on a new socket; the late answer comes after it, and waits
     // in the socket for the next cycle's request.
     late_rtu_answer(1).await;
+}
+
+/// Refuses the rows of one device, as a registry in `reject` mode does.
+#[derive(Debug)]
+struct RefuseDevice(&'static str);
+
+impl crate::gate::DeviceGate for RefuseDevice {
+    fn admit(
+        &self,
+        lines: &mut Vec<storage::ParsedLine>,
+        rejected: &mut Vec<storage::LineError>,
+        site: Option<i64>,
+    ) {
+        assert_eq!(site, None, "the collector is not confined to a site");
+        lines.retain(|line| {
+            let refused = crate::gate::device_id(&line.row) == Some(self.0);
+            if refused {
+                rejected.push(storage::LineError::new(
+                    line.line,
+                    format!("device {:?} is not in the device registry", self.0),
+                ));
+            }
+            !refused
+        });
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_the_gate_refuses_are_counted_not_stored() {
+    let known = Served::with(1, simple_image(1));
+    let stranger = Served::with(1, simple_image(2));
+    let known_server = serve(&known, Framing::Tcp).await;
+    let stranger_server = serve(&stranger, Framing::Tcp).await;
+    let text = format!(
+        "interval = \"100ms\"\n{}{}",
+        simple_device("known", known_server.addr),
+        simple_device("stranger", stranger_server.addr)
+    );
+    let (_dir, store) = open_store();
+    let metrics = ModbusMetrics::default();
+    let gate: Arc<dyn crate::gate::DeviceGate> = Arc::new(RefuseDevice("stranger"));
+    let collector =
+        ModbusCollector::start(&config(&text), store.clone(), metrics.clone(), Some(gate)).unwrap();
+    eventually("three stored readings of the known device", || {
+        (rows_of(&store, "plc", "known").len() >= 3).then_some(())
+    })
+    .await;
+    // Its online status and three polls, at least.
+    eventually("the stranger's rows counted", || {
+        (metrics.invalid_rows.get() >= 4).then_some(())
+    })
+    .await;
+    collector.shutdown().await;
+
+    assert!(rows_of(&store, "plc", "stranger").is_empty());
+    assert!(statuses(&store, "stranger").is_empty());
+    // Every stored row is the known device's.
+    let stored = rows_of(&store, "plc", "known").len() + statuses(&store, "known").len();
+    assert_eq!(metrics.readings.get(), stored as u64);
+    known_server.task.abort();
+    stranger_server.task.abort();
+    store.shutdown().unwrap();
 }

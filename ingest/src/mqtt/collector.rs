@@ -18,6 +18,7 @@
 //!
 //! A payload that cannot be decoded, or parts of it, becomes a row of `_rejected` in the
 //! same batch, so it is acknowledged and kept, never redelivered forever, never dropped.
+//! Rows the device gate refuses (a device the registry rejects) go the same way.
 //!
 //! The eventloop runs in a task of its own that does nothing but poll it, so that keep-
 //! alives and acknowledgements flow while the collector waits for the store.
@@ -42,6 +43,7 @@ use super::metrics::{MessageLabels, MqttMetrics, SubscriptionLabels};
 use crate::canonical::{apply_canonical, field_value};
 use crate::checks::{check_field_keys, sort_tags};
 use crate::clock::{now_ns, sleep_until};
+use crate::gate::DeviceGate;
 use crate::parse_line_protocol;
 
 /// Largest MQTT packet gridlake accepts (MQTT 5 Maximum Packet Size). rumqttc's default
@@ -78,11 +80,14 @@ pub struct MqttCollector {
 impl MqttCollector {
     /// Checks `config`, connects (in the background: an unreachable broker is retried
     /// with backoff, it does not fail the start) and starts collecting into `store`.
-    /// Must be called within a Tokio runtime.
+    /// Rows pass `gate` (the device registry), when given, before they are validated;
+    /// the collector writes for any site, so it is not confined to one. Must be called
+    /// within a Tokio runtime.
     pub fn start(
         config: &MqttConfig,
         store: Store,
         metrics: MqttMetrics,
+        gate: Option<Arc<dyn DeviceGate>>,
     ) -> Result<Self, MqttConfigError> {
         let (routes, options) = prepare(config)?;
         // Acknowledgements go through rumqttc's request channel. The broker should send
@@ -108,19 +113,7 @@ impl MqttCollector {
             subscriptions = routes.len(),
             "MQTT collector starting"
         );
-        let collector = Collector {
-            client,
-            store,
-            routes,
-            metrics,
-            batch_rows: config.batch_rows.max(1),
-            linger: config.batch_linger,
-            pending: Pending::default(),
-            ready: VecDeque::new(),
-            acks: VecDeque::new(),
-            generation: 0,
-            last_received: 0,
-        };
+        let collector = Collector::new(config, client, store, gate, routes, metrics);
         let task = tokio::spawn(collector.run(events_rx, stop_rx, driver));
         Ok(Self {
             stop: stop_tx,
@@ -285,6 +278,7 @@ struct Inflight {
 struct Collector {
     client: AsyncClient,
     store: Store,
+    gate: Option<Arc<dyn DeviceGate>>,
     routes: Vec<Route>,
     metrics: MqttMetrics,
     batch_rows: usize,
@@ -299,6 +293,30 @@ struct Collector {
 }
 
 impl Collector {
+    fn new(
+        config: &MqttConfig,
+        client: AsyncClient,
+        store: Store,
+        gate: Option<Arc<dyn DeviceGate>>,
+        routes: Vec<Route>,
+        metrics: MqttMetrics,
+    ) -> Self {
+        Self {
+            client,
+            store,
+            gate,
+            routes,
+            metrics,
+            batch_rows: config.batch_rows.max(1),
+            linger: config.batch_linger,
+            pending: Pending::default(),
+            ready: VecDeque::new(),
+            acks: VecDeque::new(),
+            generation: 0,
+            last_received: 0,
+        }
+    }
+
     async fn run(
         mut self,
         mut events: mpsc::Receiver<Net>,
@@ -464,17 +482,23 @@ impl Collector {
         }
     }
 
-    /// Validates the pending rows, adds `_rejected` rows for what failed, and queues the
-    /// batch for the store.
+    /// Passes the pending rows through the device gate, validates them, adds
+    /// `_rejected` rows for what either refused, and queues the batch for the store.
     fn flush(&mut self) {
         let Pending {
-            lines, messages, ..
+            mut lines,
+            mut messages,
+            ..
         } = std::mem::take(&mut self.pending);
-        let mut messages = messages;
         if messages.is_empty() {
             return;
         }
-        let (mut batch, errors) = self.store.validate(lines);
+        let mut errors = Vec::new();
+        if let Some(gate) = &self.gate {
+            gate.admit(&mut lines, &mut errors, None);
+        }
+        let (mut batch, invalid) = self.store.validate(lines);
+        errors.extend(invalid);
         let mut failed_rows = vec![0usize; messages.len()];
         for e in errors {
             if let Some(i) = e.line.checked_sub(1).filter(|&i| i < messages.len()) {
@@ -1026,5 +1050,106 @@ mod tests {
         );
         let err = reading_to_line(Reading::new("meter", 5), &context, 1, "x").unwrap_err();
         assert!(err.contains("without values"), "{err}");
+    }
+
+    /// Refuses the rows of one device, as a registry in `reject` mode does.
+    #[derive(Debug)]
+    struct RefuseDevice(&'static str);
+
+    impl DeviceGate for RefuseDevice {
+        fn admit(
+            &self,
+            lines: &mut Vec<ParsedLine>,
+            rejected: &mut Vec<storage::LineError>,
+            site: Option<i64>,
+        ) {
+            assert_eq!(site, None, "the collector is not confined to a site");
+            lines.retain(|line| {
+                let refused = crate::gate::device_id(&line.row) == Some(self.0);
+                if refused {
+                    rejected.push(storage::LineError::new(
+                        line.line,
+                        format!("device {:?} is not in the device registry", self.0),
+                    ));
+                }
+                !refused
+            });
+        }
+    }
+
+    /// The text of a string column of every row of `table`.
+    fn column(store: &Store, table: &str, name: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        for batch in store.scan(table, None, storage::TimeRange::ALL).unwrap() {
+            let values = batch.column_by_name(name).unwrap();
+            let values = arrow::compute::cast(values, &arrow::datatypes::DataType::Utf8).unwrap();
+            let values = values
+                .as_any()
+                .downcast_ref::<arrow::array::StringArray>()
+                .unwrap();
+            out.extend(values.iter().map(|v| v.unwrap_or_default().to_string()));
+        }
+        out.sort();
+        out
+    }
+
+    #[tokio::test]
+    async fn rows_the_gate_refuses_go_to_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), storage::StoreConfig::default()).unwrap();
+        let config: MqttConfig = toml::from_str(
+            r#"
+client_id = "gate-test"
+[[subscriptions]]
+filter = "lp/+"
+decoder = "line_protocol"
+topic_template = "lp/{site_id}"
+"#,
+        )
+        .unwrap();
+        let (routes, options) = prepare(&config).unwrap();
+        // Never polled: the test hands messages to the collector itself.
+        let (client, _eventloop) = AsyncClient::new(options, 16);
+        let gate: Arc<dyn DeviceGate> = Arc::new(RefuseDevice("stranger"));
+        let mut collector = Collector::new(
+            &config,
+            client,
+            store.clone(),
+            Some(gate),
+            routes,
+            MqttMetrics::default(),
+        );
+        let publish = |payload: &'static str| {
+            Publish::new("lp/s1", QoS::AtLeastOnce, payload.as_bytes(), None)
+        };
+        collector.receive(publish(
+            "meter,device_id=known power_w=1 1000\nmeter,device_id=stranger power_w=2 1000\n",
+        ));
+        collector.receive(publish("meter,device_id=stranger power_w=3 2000\n"));
+        collector.flush();
+        let mut inflight = VecDeque::new();
+        assert!(collector.submit_ready(&mut inflight).is_none());
+        let front = inflight.pop_front().expect("a batch with rows");
+        front
+            .receipt
+            .expect("rows to wait for")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(front.acks.len(), 2, "both messages are acknowledged");
+
+        assert_eq!(column(&store, "meter", "device_id"), ["known"]);
+        let errors = column(&store, REJECTED.name, "error");
+        assert_eq!(errors.len(), 2, "one _rejected row per message: {errors:?}");
+        for error in &errors {
+            assert_eq!(
+                error, "device \"stranger\" is not in the device registry",
+                "{errors:?}"
+            );
+        }
+        let payloads = column(&store, REJECTED.name, "payload");
+        assert!(payloads[0].contains("power_w=2"), "{payloads:?}");
+        assert!(payloads[1].contains("power_w=3"), "{payloads:?}");
+        store.shutdown().unwrap();
     }
 }

@@ -2,7 +2,7 @@
 //! an HTTP status and body.
 
 use axum::Json;
-use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::rejection::{BytesRejection, JsonRejection, QueryRejection};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
@@ -42,6 +42,10 @@ pub(crate) enum ApiError {
         /// The request path.
         path: String,
     },
+    /// The entity does not exist, or is outside the caller's scope (the same answer,
+    /// so ids cannot be probed).
+    #[error("{0}")]
+    Missing(String),
     /// The route exists but not with this method.
     #[error("method {0} is not allowed on this route")]
     MethodNotAllowed(String),
@@ -66,6 +70,27 @@ pub(crate) enum ApiError {
     /// The server is shutting down and takes no more writes.
     #[error("the server is shutting down; retry against the restarted server")]
     ShuttingDown,
+    /// The request has no valid credentials: none, unknown, expired, revoked or
+    /// logged out.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// The credentials are valid, but the route's rule refuses them.
+    #[error("{0}")]
+    Forbidden(String),
+    /// Too many failed logins; retry after `retry_after_s` seconds.
+    #[error("{message}")]
+    TooManyRequests {
+        /// What was limited and by which setting.
+        message: String,
+        /// The `Retry-After` header.
+        retry_after_s: u64,
+    },
+    /// A unique value is taken.
+    #[error("{0}")]
+    Conflict(String),
+    /// The body parsed but its values are invalid; every bad field is named.
+    #[error("invalid input: {}", join_fields(.0))]
+    Unprocessable(Vec<crm::FieldError>),
     /// Something failed on our side. The detail is logged, never sent.
     #[error("internal error: {0}")]
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -81,12 +106,17 @@ impl ApiError {
     pub(crate) fn status(&self) -> StatusCode {
         match self {
             ApiError::BadRequest(_) | ApiError::Rejected { .. } => StatusCode::BAD_REQUEST,
-            ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
+            ApiError::NotFound { .. } | ApiError::Missing(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Busy | ApiError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -95,6 +125,20 @@ impl ApiError {
 #[derive(Serialize)]
 struct ErrorBody<'a> {
     error: &'a str,
+}
+
+#[derive(Serialize)]
+struct FieldsBody<'a> {
+    error: String,
+    fields: &'a [crm::FieldError],
+}
+
+fn join_fields(fields: &[crm::FieldError]) -> String {
+    fields
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 #[derive(Serialize)]
@@ -140,14 +184,35 @@ impl IntoResponse for ApiError {
                 };
                 (status, Json(body)).into_response()
             }
+            ApiError::Unprocessable(fields) => {
+                let body = FieldsBody {
+                    error: self.to_string(),
+                    fields,
+                };
+                (status, Json(body)).into_response()
+            }
             other => {
                 let message = other.to_string();
                 tracing::debug!(status = status.as_u16(), error = %message, "request refused");
                 let mut response = (status, Json(ErrorBody { error: &message })).into_response();
-                if matches!(other, ApiError::Busy) {
-                    response
-                        .headers_mut()
-                        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                match other {
+                    ApiError::Busy => {
+                        response
+                            .headers_mut()
+                            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                    }
+                    ApiError::TooManyRequests { retry_after_s, .. } => {
+                        response
+                            .headers_mut()
+                            .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_s));
+                    }
+                    ApiError::Unauthorized(_) => {
+                        response.headers_mut().insert(
+                            header::WWW_AUTHENTICATE,
+                            HeaderValue::from_static("Bearer realm=\"gridlake\""),
+                        );
+                    }
+                    _ => {}
                 }
                 response
             }
@@ -190,6 +255,52 @@ impl From<ingest::Error> for ApiError {
             | ingest::Error::NotJsonArray { .. } => ApiError::BadRequest(error.to_string()),
         }
     }
+}
+
+impl From<crm::Error> for ApiError {
+    fn from(error: crm::Error) -> Self {
+        match error {
+            // The same body for a missing id and one outside the caller's scope.
+            crm::Error::NotFound { .. } => ApiError::Missing(error.to_string()),
+            crm::Error::Conflict { .. } => ApiError::Conflict(error.to_string()),
+            crm::Error::Validation(fields) => ApiError::Unprocessable(fields),
+            other => ApiError::internal(other),
+        }
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> Self {
+        match rejection {
+            // Well-formed JSON with a missing, unknown or mistyped field: name it.
+            JsonRejection::JsonDataError(e) => {
+                let message = e.body_text();
+                let field = field_in_message(&message).unwrap_or_else(|| "body".to_owned());
+                ApiError::Unprocessable(vec![crm::FieldError { field, message }])
+            }
+            JsonRejection::MissingJsonContentType(_) => ApiError::UnsupportedMediaType(
+                "send the body as JSON with `Content-Type: application/json`".to_owned(),
+            ),
+            other => {
+                ApiError::BadRequest(format!("the body is not valid JSON: {}", other.body_text()))
+            }
+        }
+    }
+}
+
+/// The field serde names in a data error: ``missing field `email` ``, ``unknown field
+/// `emial` ``, or the path before `: invalid type` (`role: unknown variant ...`).
+fn field_in_message(message: &str) -> Option<String> {
+    for marker in ["missing field `", "unknown field `"] {
+        if let Some(start) = message.find(marker) {
+            let rest = &message[start + marker.len()..];
+            return rest.find('`').map(|end| rest[..end].to_owned());
+        }
+    }
+    // axum's message: "Failed to deserialize the JSON body into the target type: role: ..."
+    let rest = message.split_once("target type: ")?.1;
+    let (path, _) = rest.split_once(": ")?;
+    (!path.is_empty() && !path.contains(' ')).then(|| path.to_owned())
 }
 
 impl From<QueryRejection> for ApiError {

@@ -14,6 +14,12 @@ use super::error::ApiError;
 const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// `GET /health`: 200 while the server runs.
+#[utoipa::path(
+    get,
+    path = "/health",
+    tag = "ops",
+    responses((status = 200, description = "Running: status, version, uptime", body = serde_json::Value))
+)]
 pub(crate) async fn health(State(state): State<AppState>) -> Json<Value> {
     Json(json!({
         "status": "pass",
@@ -23,6 +29,12 @@ pub(crate) async fn health(State(state): State<AppState>) -> Json<Value> {
 }
 
 /// `GET /metrics`: storage, query and HTTP metrics in Prometheus' text format.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "ops",
+    responses((status = 200, description = "OpenMetrics text", body = String, content_type = "application/openmetrics-text"))
+)]
 pub(crate) async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, state.registry())
@@ -33,6 +45,17 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> Result<Response, A
 /// `GET /api/v1/modbus/devices`: every configured Modbus device with its state (online,
 /// last error, counts of ok, failed, missed and skipped cycles, next poll) and what SunSpec
 /// discovery found (models and their addresses, manufacturer, model, serial).
+#[utoipa::path(
+    get,
+    path = "/api/v1/modbus/devices",
+    tag = "ops",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The Modbus collector's devices and their state", body = serde_json::Value),
+        (status = 401, description = "No valid credentials"),
+        (status = 403, description = "Needs an admin or support user, or an admin token"),
+    )
+)]
 pub(crate) async fn modbus_devices(State(state): State<AppState>) -> Json<Value> {
     match state.modbus() {
         Some(devices) => Json(json!({ "enabled": true, "devices": devices.snapshot() })),
@@ -47,6 +70,17 @@ pub(crate) async fn modbus_devices(State(state): State<AppState>) -> Json<Value>
 /// name limit from `config["cairo.max.file.name.length"]`. We offer only version 1, text
 /// line protocol with decimal doubles, which is what the ingest parser reads; version 2
 /// would send binary doubles. The sender then POSTs to `/write?precision=n`.
+#[utoipa::path(
+    get,
+    path = "/settings",
+    tag = "write",
+    security(("bearer" = []), ("token" = [])),
+    responses(
+        (status = 200, description = "Line-protocol versions and name limits for questdb-rs", body = serde_json::Value),
+        (status = 401, description = "No valid credentials"),
+        (status = 403, description = "The credentials may not write"),
+    )
+)]
 pub(crate) async fn settings() -> Json<Value> {
     Json(json!({
         "config": {

@@ -31,7 +31,24 @@ struct SqlBody {
     format: Option<String>,
 }
 
-/// `GET /api/v1/sql?q=...&format=...`.
+/// Runs one read-only SQL statement: `GET /api/v1/sql?q=...&format=...`.
+#[utoipa::path(
+    get,
+    path = "/api/v1/sql",
+    tag = "sql",
+    security(("bearer" = []), ("token" = [])),
+    params(
+        ("q" = String, Query, description = "The statement, e.g. SHOW TABLES"),
+        ("format" = Option<String>, Query, description = "json (default), jsonl, csv, arrow, parquet"),
+    ),
+    responses(
+        (status = 200, description = "The result in the requested format"),
+        (status = 400, description = "Invalid SQL or parameters, with the reason"),
+        (status = 401, description = "No valid credentials"),
+        (status = 403, description = "Needs an analyst or admin user, or a read or admin token"),
+        (status = 408, description = "The query ran longer than query.timeout"),
+    )
+)]
 pub(crate) async fn sql_get(
     State(state): State<AppState>,
     params: Result<Query<SqlParams>, QueryRejection>,
@@ -45,7 +62,22 @@ pub(crate) async fn sql_get(
     run(&state, &sql, params.format.as_deref()).await
 }
 
-/// `POST /api/v1/sql` with `{"sql": "...", "format": "..."}`.
+/// Runs one read-only SQL statement: `POST /api/v1/sql` with `{"sql": "...", "format": "..."}`.
+#[utoipa::path(
+    post,
+    path = "/api/v1/sql",
+    tag = "sql",
+    security(("bearer" = []), ("token" = [])),
+    params(("format" = Option<String>, Query, description = "json (default), jsonl, csv, arrow, parquet; the body's format wins")),
+    request_body(content = serde_json::Value, content_type = "application/json", description = "{\"sql\": \"...\", \"format\": \"json\"}"),
+    responses(
+        (status = 200, description = "The result in the requested format"),
+        (status = 400, description = "Invalid SQL or body, with the reason"),
+        (status = 401, description = "No valid credentials"),
+        (status = 403, description = "Needs an analyst or admin user, or a read or admin token"),
+        (status = 408, description = "The query ran longer than query.timeout"),
+    )
+)]
 pub(crate) async fn sql_post(
     State(state): State<AppState>,
     params: Result<Query<SqlParams>, QueryRejection>,

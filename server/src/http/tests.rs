@@ -3,74 +3,27 @@
 
 use std::io::Write;
 
-use axum::body::{Body, to_bytes};
-use axum::http::{HeaderMap, Request, StatusCode, header};
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
 use bytesize::ByteSize;
-use prometheus_client::registry::Registry;
-use query::{QueryConfig, QueryEngine};
 use serde_json::{Value, json};
-use storage::{Store, StoreConfig};
-use tempfile::TempDir;
-use tower::ServiceExt;
 
-use super::{AppState, router};
+use crate::testing::Answer;
 
-struct TestApp {
-    _dir: TempDir,
-    store: Store,
-    app: axum::Router,
-}
+/// The shared fixture with auth off: these tests are about writes and SQL.
+struct TestApp(crate::testing::TestApp);
 
-struct Answer {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: bytes::Bytes,
-}
+impl std::ops::Deref for TestApp {
+    type Target = crate::testing::TestApp;
 
-impl Answer {
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
-            panic!(
-                "body is not JSON ({e}): {}",
-                String::from_utf8_lossy(&self.body)
-            )
-        })
+    fn deref(&self) -> &Self::Target {
+        &self.0
     }
 }
 
 impl TestApp {
-    fn new(max_body_size: ByteSize) -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let store = Store::open(dir.path(), StoreConfig::default()).expect("store opens");
-        let engine = QueryEngine::new(store.clone(), QueryConfig::default()).expect("engine");
-        let mut registry = Registry::default();
-        store.register_metrics(&mut registry);
-        engine.register_metrics(&mut registry);
-        let state = AppState::new(store.clone(), engine, registry, max_body_size);
-        Self {
-            _dir: dir,
-            store,
-            app: router(state),
-        }
-    }
-
-    async fn send(&self, request: Request<Body>) -> Answer {
-        let response = self
-            .app
-            .clone()
-            .oneshot(request)
-            .await
-            .expect("router is infallible");
-        let status = response.status();
-        let headers = response.headers().clone();
-        let body = to_bytes(response.into_body(), usize::MAX)
-            .await
-            .expect("body reads");
-        Answer {
-            status,
-            headers,
-            body,
-        }
+    async fn new(max_body_size: ByteSize) -> Self {
+        Self(crate::testing::TestApp::open(max_body_size).await)
     }
 
     async fn get(&self, uri: &str) -> Answer {
@@ -92,11 +45,7 @@ impl TestApp {
     }
 
     async fn finish(self) {
-        let store = self.store.clone();
-        tokio::task::spawn_blocking(move || store.shutdown())
-            .await
-            .expect("shutdown task")
-            .expect("store shuts down");
+        self.0.finish().await;
     }
 }
 
@@ -108,7 +57,7 @@ fn gzip(data: &[u8]) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn health_reports_pass_and_version() {
-    let app = TestApp::new(ByteSize::mib(1));
+    let app = TestApp::new(ByteSize::mib(1)).await;
     let answer = app.get("/health").await;
     assert_eq!(answer.status, StatusCode::OK);
     let body = answer.json();
@@ -120,7 +69,7 @@ async fn health_reports_pass_and_version() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn settings_offer_only_line_protocol_v1() {
-    let app = TestApp::new(ByteSize::mib(1));
+    let app = TestApp::new(ByteSize::mib(1)).await;
     let body = app.get("/settings").await.json();
     assert_eq!(body["config"]["line.proto.support.versions"], json!([1]));
     assert_eq!(body["config"]["cairo.max.file.name.length"], 127);
@@ -129,7 +78,7 @@ async fn settings_offer_only_line_protocol_v1() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn write_then_query_round_trip() {
-    let app = TestApp::new(ByteSize::mib(1));
+    let app = TestApp::new(ByteSize::mib(1)).await;
     let answer = app
         .post(
             "/write?db=x&precision=s",
@@ -150,7 +99,7 @@ async fn write_then_query_round_trip() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn invalid_lines_are_listed_and_valid_ones_stored() {
-    let app = TestApp::new(ByteSize::mib(1));
+    let app = TestApp::new(ByteSize::mib(1)).await;
     let answer = app
         .post(
             "/api/v3/write_lp",
@@ -171,7 +120,7 @@ async fn invalid_lines_are_listed_and_valid_ones_stored() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn parse_and_schema_errors_come_back_in_line_order() {
-    let app = TestApp::new(ByteSize::mib(1));
+    let app = TestApp::new(ByteSize::mib(1)).await;
     let answer = app.post("/api/v3/write_lp", "meter power=1 1\n").await;
     assert_eq!(answer.status, StatusCode::NO_CONTENT);
     // Line 2 conflicts with the table's float column (a schema error, found by
@@ -197,7 +146,7 @@ async fn parse_and_schema_errors_come_back_in_line_order() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn accept_partial_false_stores_nothing() {
-    let app = TestApp::new(ByteSize::mib(1));
+    let app = TestApp::new(ByteSize::mib(1)).await;
     let answer = app
         .post(
             "/api/v3/write_lp?accept_partial=false",
@@ -214,7 +163,7 @@ async fn accept_partial_false_stores_nothing() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn json_readings_are_written() {
-    let app = TestApp::new(ByteSize::mib(1));
+    let app = TestApp::new(ByteSize::mib(1)).await;
     let body = json!([
         {"table": "battery", "time": 1_700_000_000_000i64, "tags": {"site": "a"}, "fields": {"soc": 55.0}}
     ]);
@@ -231,7 +180,7 @@ async fn json_readings_are_written() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn json_write_that_is_not_an_array_is_400() {
-    let app = TestApp::new(ByteSize::mib(1));
+    let app = TestApp::new(ByteSize::mib(1)).await;
     let answer = app.post("/api/v1/write/json", r#"{"table": "x"}"#).await;
     assert_eq!(answer.status, StatusCode::BAD_REQUEST);
     assert!(answer.json()["error"].as_str().unwrap().contains("array"));
@@ -240,7 +189,7 @@ async fn json_write_that_is_not_an_array_is_400() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn gzip_bodies_are_decoded() {
-    let app = TestApp::new(ByteSize::mib(1));
+    let app = TestApp::new(ByteSize::mib(1)).await;
     let request = Request::post("/api/v2/write?bucket=b&org=o&precision=ms")
         .header(header::CONTENT_ENCODING, "gzip")
         .header(header::AUTHORIZATION, "Token whatever")
@@ -256,7 +205,7 @@ async fn gzip_bodies_are_decoded() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn oversized_bodies_are_413_before_and_after_gzip() {
-    let app = TestApp::new(ByteSize::b(64));
+    let app = TestApp::new(ByteSize::b(64)).await;
     let big = "meter power=1 1\n".repeat(10);
     let answer = app.post("/write", big.clone()).await;
     assert_eq!(answer.status, StatusCode::PAYLOAD_TOO_LARGE);
@@ -281,7 +230,7 @@ async fn oversized_bodies_are_413_before_and_after_gzip() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn unknown_encoding_is_415_and_bad_gzip_400() {
-    let app = TestApp::new(ByteSize::mib(1));
+    let app = TestApp::new(ByteSize::mib(1)).await;
     let request = Request::post("/write")
         .header(header::CONTENT_ENCODING, "br")
         .body(Body::from("meter power=1 1\n"))
@@ -300,7 +249,7 @@ async fn unknown_encoding_is_415_and_bad_gzip_400() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn unknown_precision_is_400_naming_it() {
-    let app = TestApp::new(ByteSize::mib(1));
+    let app = TestApp::new(ByteSize::mib(1)).await;
     let answer = app
         .post("/write?precision=fortnight", "meter power=1 1\n")
         .await;
@@ -316,7 +265,7 @@ async fn unknown_precision_is_400_naming_it() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sql_errors_are_400_with_json() {
-    let app = TestApp::new(ByteSize::mib(1));
+    let app = TestApp::new(ByteSize::mib(1)).await;
     let answer = app.get("/api/v1/sql?q=SELEC%201").await;
     assert_eq!(answer.status, StatusCode::BAD_REQUEST);
     assert!(answer.json()["error"].is_string());
@@ -336,7 +285,7 @@ async fn sql_errors_are_400_with_json() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sql_format_sets_content_type() {
-    let app = TestApp::new(ByteSize::mib(1));
+    let app = TestApp::new(ByteSize::mib(1)).await;
     let answer = app
         .get("/api/v1/sql?q=SELECT%201%20AS%20one&format=csv")
         .await;
@@ -363,7 +312,7 @@ async fn sql_format_sets_content_type() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn unknown_routes_and_methods_answer_json() {
-    let app = TestApp::new(ByteSize::mib(1));
+    let app = TestApp::new(ByteSize::mib(1)).await;
     let answer = app.get("/nope").await;
     assert_eq!(answer.status, StatusCode::NOT_FOUND);
     assert!(answer.json()["error"].as_str().unwrap().contains("/nope"));
@@ -376,7 +325,7 @@ async fn unknown_routes_and_methods_answer_json() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_count_requests_by_route_and_status_class() {
-    let app = TestApp::new(ByteSize::mib(1));
+    let app = TestApp::new(ByteSize::mib(1)).await;
     app.get("/health").await;
     app.post("/write?precision=bogus", "x").await;
     app.post("/write", "meter power=1 1\nbad\n").await;

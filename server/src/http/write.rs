@@ -6,16 +6,19 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use axum::Extension;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use bytes::Bytes;
 use ingest::Precision;
+use ingest::gate::DeviceGate as _;
 use serde::Deserialize;
 use storage::{LineError, ParsedLine, PreparedWrite};
 
 use super::AppState;
 use super::error::{ApiError, body_rejection};
+use crate::auth::Principal;
 
 /// The `source` recorded on canonical-table rows written over HTTP.
 const HTTP_SOURCE: &str = "http";
@@ -78,15 +81,81 @@ impl WriteParams {
     }
 }
 
+/// Writes InfluxDB line protocol (v1 API). The token may also come as the password of
+/// Basic auth or the `p` parameter, as InfluxDB v1 clients send it.
+#[utoipa::path(
+    post,
+    path = "/write",
+    tag = "write",
+    security(("bearer" = []), ("token" = [])),
+    params(
+        ("db" = Option<String>, Query, description = "Accepted and ignored: there is one database"),
+        ("precision" = Option<String>, Query, description = "Timestamp unit: ns (default), us, ms, s; also n, u"),
+        ("u" = Option<String>, Query, description = "Ignored user name"),
+        ("p" = Option<String>, Query, description = "The API token, for clients that cannot send a header"),
+    ),
+    request_body(content = String, content_type = "text/plain", description = "Line protocol, optionally gzip-compressed (Content-Encoding: gzip)"),
+    responses(
+        (status = 204, description = "Every line is durable"),
+        (status = 400, description = "Some lines were invalid (listed by line number); the others were stored"),
+        (status = 401, description = "No valid credentials"),
+        (status = 403, description = "The credentials may not write"),
+        (status = 413, description = "Body larger than http.max_body_size"),
+        (status = 503, description = "Busy (Retry-After) or shutting down"),
+    )
+)]
+pub(crate) async fn write_v1(
+    state: State<AppState>,
+    principal: Extension<Principal>,
+    params: Result<Query<WriteParams>, QueryRejection>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<StatusCode, ApiError> {
+    write_influx(state, principal, params, headers, body).await
+}
+
+/// Writes InfluxDB line protocol (v2 API, `Authorization: Token <token>`).
+#[utoipa::path(
+    post,
+    path = "/api/v2/write",
+    tag = "write",
+    security(("bearer" = []), ("token" = [])),
+    params(
+        ("bucket" = Option<String>, Query, description = "Accepted and ignored"),
+        ("org" = Option<String>, Query, description = "Accepted and ignored"),
+        ("precision" = Option<String>, Query, description = "Timestamp unit: ns (default), us, ms, s"),
+    ),
+    request_body(content = String, content_type = "text/plain", description = "Line protocol, optionally gzip-compressed"),
+    responses(
+        (status = 204, description = "Every line is durable"),
+        (status = 400, description = "Some lines were invalid (listed by line number); the others were stored"),
+        (status = 401, description = "No valid credentials"),
+        (status = 403, description = "The credentials may not write"),
+        (status = 413, description = "Body larger than http.max_body_size"),
+        (status = 503, description = "Busy (Retry-After) or shutting down"),
+    )
+)]
+pub(crate) async fn write_v2(
+    state: State<AppState>,
+    principal: Extension<Principal>,
+    params: Result<Query<WriteParams>, QueryRejection>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<StatusCode, ApiError> {
+    write_influx(state, principal, params, headers, body).await
+}
+
 /// `POST /write?db=&precision=` (InfluxDB v1) and `POST /api/v2/write?bucket=&org=&precision=`.
-pub(crate) async fn write_influx(
+async fn write_influx(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     params: Result<Query<WriteParams>, QueryRejection>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<StatusCode, ApiError> {
     write(
         &state,
+        &principal,
         Api::Influx,
         BodyFormat::LineProtocol,
         params,
@@ -96,15 +165,38 @@ pub(crate) async fn write_influx(
     .await
 }
 
-/// `POST /api/v3/write_lp?db=&precision=&accept_partial=&no_sync=`.
+/// Writes line protocol (InfluxDB v3 API), with all-or-nothing and no-sync options.
+#[utoipa::path(
+    post,
+    path = "/api/v3/write_lp",
+    tag = "write",
+    security(("bearer" = []), ("token" = [])),
+    params(
+        ("db" = Option<String>, Query, description = "Accepted and ignored"),
+        ("precision" = Option<String>, Query, description = "Timestamp unit: ns (default), us, ms, s"),
+        ("accept_partial" = Option<bool>, Query, description = "false: store nothing if any line is invalid"),
+        ("no_sync" = Option<bool>, Query, description = "true: answer after the WAL write, before fsync"),
+    ),
+    request_body(content = String, content_type = "text/plain", description = "Line protocol, optionally gzip-compressed"),
+    responses(
+        (status = 204, description = "Every line is durable"),
+        (status = 400, description = "Some lines were invalid (listed by line number)"),
+        (status = 401, description = "No valid credentials"),
+        (status = 403, description = "The credentials may not write"),
+        (status = 413, description = "Body larger than http.max_body_size"),
+        (status = 503, description = "Busy (Retry-After) or shutting down"),
+    )
+)]
 pub(crate) async fn write_lp(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     params: Result<Query<WriteParams>, QueryRejection>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<StatusCode, ApiError> {
     write(
         &state,
+        &principal,
         Api::Gridlake,
         BodyFormat::LineProtocol,
         params,
@@ -114,16 +206,37 @@ pub(crate) async fn write_lp(
     .await
 }
 
-/// `POST /api/v1/write/json?precision=&accept_partial=&no_sync=` with
-/// `[{"table": .., "time": .., "tags": {..}, "fields": {..}}]`.
+/// Writes readings as JSON: `[{"table": .., "time": .., "tags": {..}, "fields": {..}}]`.
+#[utoipa::path(
+    post,
+    path = "/api/v1/write/json",
+    tag = "write",
+    security(("bearer" = []), ("token" = [])),
+    params(
+        ("precision" = Option<String>, Query, description = "Unit of numeric times: ns (default), us, ms, s"),
+        ("accept_partial" = Option<bool>, Query, description = "false: store nothing if any reading is invalid"),
+        ("no_sync" = Option<bool>, Query, description = "true: answer after the WAL write, before fsync"),
+    ),
+    request_body(content = serde_json::Value, content_type = "application/json", description = "An array of readings"),
+    responses(
+        (status = 204, description = "Every reading is durable"),
+        (status = 400, description = "Some readings were invalid (listed by array position)"),
+        (status = 401, description = "No valid credentials"),
+        (status = 403, description = "The credentials may not write"),
+        (status = 413, description = "Body larger than http.max_body_size"),
+        (status = 503, description = "Busy (Retry-After) or shutting down"),
+    )
+)]
 pub(crate) async fn write_json(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     params: Result<Query<WriteParams>, QueryRejection>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<StatusCode, ApiError> {
     write(
         &state,
+        &principal,
         Api::Gridlake,
         BodyFormat::Json,
         params,
@@ -135,6 +248,7 @@ pub(crate) async fn write_json(
 
 async fn write(
     state: &AppState,
+    principal: &Principal,
     api: Api,
     format: BodyFormat,
     params: Result<Query<WriteParams>, QueryRejection>,
@@ -158,6 +272,9 @@ async fn write(
     };
     let limit = state.max_body_size();
     let store = state.store().clone();
+    let devices = state.devices().clone();
+    // A write token writes only for the devices of its site.
+    let site = principal.write_site();
     // Decompressing, parsing and validating a large body is CPU work measured in
     // milliseconds: keep it off the async workers that serve other connections.
     let (batch, rejected) = tokio::task::spawn_blocking(move || {
@@ -171,6 +288,9 @@ async fn write(
                 false
             }
         });
+        // The registry: unknown devices registered or refused, a site-bound token
+        // confined to its site's devices, last-seen noted.
+        devices.admit(&mut lines, &mut rejected, site);
         let (batch, invalid) = store.validate(lines);
         rejected.extend(invalid);
         // Parse and validation errors arrive in two runs; the client reads one list.

@@ -53,6 +53,44 @@ impl Options {
     }
 }
 
+/// `gridlake` with the test's environment only (its `GRIDLAKE_*` variables and config
+/// file), in its temporary directory, on its data directory.
+fn command(tmp: &Path, options: &Options) -> Command {
+    let mut cmd = Command::new(gridlake_bin());
+    // The tests must not depend on the environment they happen to run in.
+    for (key, _) in std::env::vars() {
+        if key.starts_with("GRIDLAKE_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.env("GRIDLAKE_DATA_DIR", tmp.join("data"));
+    if options.config_toml.is_some() {
+        cmd.env("GRIDLAKE_CONFIG", tmp.join("gridlake.toml"));
+    }
+    cmd.envs(options.env.iter().map(|(k, v)| (k, v)))
+        .current_dir(tmp);
+    cmd
+}
+
+/// Runs `gridlake token create` with `args` on the test's data directory and returns the
+/// plain token it prints.
+async fn create_token(tmp: &Path, options: &Options, args: &[&str]) -> String {
+    let output = command(tmp, options)
+        .args(["token", "create", "--name", "e2e"])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .expect("run gridlake token create");
+    assert!(
+        output.status.success(),
+        "gridlake token create failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let printed: Value = serde_json::from_slice(&output.stdout).expect("token create prints JSON");
+    printed["token"].as_str().expect("token").to_owned()
+}
+
 /// A running (or stopped) `gridlake serve` process and its directories.
 #[derive(Debug)]
 pub(crate) struct Server {
@@ -62,6 +100,7 @@ pub(crate) struct Server {
     options: Options,
     starts: usize,
     http: reqwest::Client,
+    admin_token: String,
     tmp: TempDir,
 }
 
@@ -81,11 +120,21 @@ impl Server {
         if let Some(toml) = &options.config_toml {
             std::fs::write(tmp.path().join("gridlake.toml"), toml).expect("write config");
         }
+        // Every request of the tests goes through authentication, with an admin token
+        // made the way the README makes the first one.
+        let token = create_token(tmp.path(), &options, &["--scope", "admin"]).await;
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {token}").parse().expect("header value"),
+        );
         let http = reqwest::Client::builder()
             .timeout(REQUEST_TIMEOUT)
+            .default_headers(headers)
             .build()
             .expect("build HTTP client");
         let mut server = Server {
+            admin_token: token,
             child: None,
             base: String::new(),
             options,
@@ -104,25 +153,13 @@ impl Server {
         self.starts += 1;
         let log_path = self.log_path();
         let log = std::fs::File::create(&log_path).expect("create server log");
-        let mut cmd = Command::new(gridlake_bin());
+        let mut cmd = command(self.tmp.path(), &self.options);
         cmd.arg("serve")
             .arg("--data-dir")
             .arg(self.data_dir())
             .arg("--http-addr")
             .arg("127.0.0.1:0");
-        if self.options.config_toml.is_some() {
-            cmd.arg("--config")
-                .arg(self.tmp.path().join("gridlake.toml"));
-        }
-        // The tests must not depend on the environment they happen to run in.
-        for (key, _) in std::env::vars() {
-            if key.starts_with("GRIDLAKE_") {
-                cmd.env_remove(key);
-            }
-        }
-        cmd.envs(self.options.env.iter().map(|(k, v)| (k, v)))
-            .current_dir(self.tmp.path())
-            .stdin(Stdio::null())
+        cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log)
             .kill_on_drop(true);
@@ -228,6 +265,21 @@ impl Server {
     }
 
     /// The shared HTTP client.
+    /// The admin API token every request of [`Server::http`] carries.
+    pub(crate) fn admin_token(&self) -> &str {
+        &self.admin_token
+    }
+
+    /// `gridlake token create` with `args` (`--scope write --site-id 1`): the plain token.
+    pub(crate) async fn create_token(&self, args: &[&str]) -> String {
+        create_token(self.tmp.path(), &self.options, args).await
+    }
+
+    /// `gridlake` with this server's environment, config and data directory.
+    pub(crate) fn command(&self) -> Command {
+        command(self.tmp.path(), &self.options)
+    }
+
     pub(crate) fn http(&self) -> &reqwest::Client {
         &self.http
     }

@@ -61,18 +61,31 @@ echo "parameters: SECONDS=$RUN_SECONDS DEVICES=$DEVICES BATCH=$BATCH CONNECTIONS
 echo "load tool: $LOAD_BIN (the client shares the cores with each server)"
 echo
 
-# Starts server $1 on a free port with data in $work/$1; sets server_pid, url, target
-# and data_dir.
+# An admin API token for the gridlake whose data directory is $1, made the way the
+# README makes the first one (straight into the side store, before the server starts).
+# GRIDLAKE_DATA_DIR rather than --data-dir: the flag belongs before `create`.
+admin_token() {
+    GRIDLAKE_DATA_DIR=$1 "$GRIDLAKE_BIN" token create --name bench --scope admin \
+        | sed -n 's/.*"token":"\(glk_[^"]*\)".*/\1/p'
+}
+
+# Starts server $1 on a free port with data in $work/$1; sets server_pid, url, target,
+# data_dir and load_env (what the load tool needs in its environment: gridlake's token).
 start_server() {
-    local port rpc_port
+    local port rpc_port token
     port=$(free_port)
     data_dir=$work/$1
     mkdir -p "$data_dir"
     url=http://127.0.0.1:$port
+    load_env=()
     case $1 in
         gridlake)
             target=gridlake
             echo "gridlake: $GRIDLAKE_BIN ($("$GRIDLAKE_BIN" --version))"
+            token=$(admin_token "$data_dir")
+            [ -n "$token" ] || { echo "compare.sh: gridlake token create printed no token" >&2; exit 1; }
+            # In the environment, not on the command line: `ps` shows command lines.
+            load_env=(GRIDLAKE_TOKEN="$token")
             "$GRIDLAKE_BIN" serve --data-dir "$data_dir" --http-addr "127.0.0.1:$port" \
                 > "$work/$1.log" 2>&1 &
             ;;
@@ -117,7 +130,7 @@ ran=()
 for server in $SERVERS; do
     start_server "$server"
     out=$work/$server.out
-    if "$LOAD_BIN" write --target "$target" --url "$url" "${load_flags[@]}" \
+    if env "${load_env[@]}" "$LOAD_BIN" write --target "$target" --url "$url" "${load_flags[@]}" \
         --server-pid "$server_pid" --data-dir "$data_dir" --stop-server | tee "$out"; then
         ran+=("$server")
     else

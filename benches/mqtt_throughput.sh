@@ -72,6 +72,12 @@ echo "mosquitto_sub alone: $readings readings in $(echo "$t1 - $t0" | bc -l | xa
 "$BIN" simulate mqtt --print-config --broker "$broker" \
     | sed 's/^enabled = true$/enabled = true\nclient_id = "gridlake-bench"\nmax_inflight = 10000/' \
     > "$work/gridlake.toml"
+# An admin token for the SQL count, made the way the README makes the first one (straight
+# into the side store, before the server starts). GRIDLAKE_DATA_DIR rather than
+# --data-dir: the flag belongs before `create`.
+token=$(GRIDLAKE_DATA_DIR="$work/data" "$BIN" token create --name bench --scope admin \
+    | sed -n 's/.*"token":"\(glk_[^"]*\)".*/\1/p')
+[ -n "$token" ] || { echo "gridlake token create printed no token" >&2; exit 1; }
 "$BIN" serve --config "$work/gridlake.toml" --data-dir "$work/data" --http-addr 127.0.0.1:0 \
     > "$work/serve.out" 2> "$work/serve.log" &
 server=$!
@@ -81,7 +87,7 @@ url=$(sed -n 's/.*listening on \(http:[^ ]*\).*/\1/p' "$work/serve.out")
 for _ in $(seq 600); do curl -s "$url/metrics" | grep -q '^gridlake_mqtt_subscribed 1' && break; sleep 0.1; done
 
 count() {
-    curl -s -G "$url/api/v1/sql" --data-urlencode \
+    curl -s -G "$url/api/v1/sql" -H "Authorization: Bearer $token" --data-urlencode \
         'q=SELECT (SELECT count(*) FROM smart_plug) + (SELECT count(*) FROM ev_charger) + (SELECT count(*) FROM meter) + (SELECT count(*) FROM inverter) AS n' \
         -d format=csv | tail -1
 }

@@ -52,18 +52,22 @@ if [ "${#APT_PACKAGES[@]}" -gt 0 ]; then
     install_system_packages
 fi
 
-# Python packages of the second SunSpec implementation the Modbus tests compare against
-# (server/tests/e2e/sunspec_peer.py): pysunspec2 encodes the register image, pymodbus
-# serves it. Installed only when missing; the tests fail without them when CI=true and
-# are skipped (with a message) otherwise. The check imports what the peer uses: an older
-# pymodbus without the SimData/SimDevice datastore counts as missing, and --upgrade
-# replaces it. Pinned to the minor versions the peer was written against.
-PIP_PACKAGES=("pymodbus==3.16.*" "pysunspec2==1.3.*")
-PIP_CHECK='from pymodbus.simulator import SimData, SimDevice; import sunspec2.device'
+# Python packages the end-to-end tests run as independent implementations:
+# - the second SunSpec implementation the Modbus tests compare against
+#   (server/tests/e2e/sunspec_peer.py): pysunspec2 encodes the register image, pymodbus
+#   serves it;
+# - openapi-spec-validator, which checks the served /api/v1/openapi.json
+#   (server/tests/e2e/auth.rs).
+# Installed only when missing; the tests fail without them when CI=true and are skipped
+# (with a message) otherwise. The check imports what the tests use: an older pymodbus
+# without the SimData/SimDevice datastore counts as missing, and --upgrade replaces it.
+# Pinned to the minor versions the tests were written against.
+PIP_PACKAGES=("pymodbus==3.16.*" "pysunspec2==1.3.*" "openapi-spec-validator==0.9.*")
+PIP_CHECK='from pymodbus.simulator import SimData, SimDevice; import sunspec2.device; from openapi_spec_validator import validate'
 
 install_python_packages() {
     if ! command -v python3 >/dev/null 2>&1; then
-        echo "python3 is missing: install it (the Modbus tests run a Python SunSpec peer)" >&2
+        echo "python3 is missing: install it (the Modbus tests run a Python SunSpec peer, the OpenAPI test a validator)" >&2
         exit 1
     fi
     if python3 -c "$PIP_CHECK" 2>/dev/null; then
@@ -80,10 +84,10 @@ log "python packages"
 install_python_packages
 # The packages may have gone to another interpreter than the tests' python3: check.
 if ! python3 -c "$PIP_CHECK"; then
-    echo "python3 still cannot import the SunSpec peer's packages after pip install" >&2
+    echo "python3 still cannot import the test peers' packages (${PIP_PACKAGES[*]}) after pip install" >&2
     exit 1
 fi
-# The peer test fails rather than skips when it cannot run.
+# The peer tests (SunSpec, OpenAPI validator) fail rather than skip when they cannot run.
 export GRIDLAKE_REQUIRE_PEERS=1
 
 log "toolchain"

@@ -1,11 +1,15 @@
 //! The command line: subcommands, flags with their defaults, and the reverse — every
 //! resolved flag printed back as a command that repeats the run.
 
+use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use chrono::{DateTime, SecondsFormat, Utc};
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use reqwest::blocking::ClientBuilder;
+use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue};
 
 use crate::fleet::{FleetSpec, Mix};
 use crate::report::shell_word;
@@ -168,6 +172,48 @@ impl FleetArgs {
     }
 }
 
+/// gridlake's credentials, shared by every subcommand that talks HTTP to it.
+///
+/// The token is a secret: it is left out of the printed command (a rerun takes it from
+/// `GRIDLAKE_TOKEN` again) and out of `Debug`.
+#[derive(Clone, Default, PartialEq, Args)]
+pub(crate) struct TokenArgs {
+    /// gridlake API token (`gridlake token create --scope admin`), sent as
+    /// `Authorization: Token <token>` on every request: writes, SQL and /metrics. Not
+    /// needed for servers without authentication.
+    #[arg(
+        long,
+        env = "GRIDLAKE_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub(crate) token: Option<String>,
+}
+
+impl fmt::Debug for TokenArgs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenArgs")
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+impl TokenArgs {
+    /// An HTTP client builder whose requests carry the token, if one was given. The
+    /// InfluxDB v2 `Token` scheme rather than `Bearer`: gridlake takes both, and
+    /// InfluxDB-compatible servers that check tokens take `Token`.
+    pub(crate) fn client(&self) -> anyhow::Result<ClientBuilder> {
+        let mut headers = HeaderMap::new();
+        if let Some(token) = &self.token {
+            let mut value = HeaderValue::from_str(&format!("Token {token}"))
+                .context("--token must be printable ASCII")?;
+            value.set_sensitive(true);
+            headers.insert(AUTHORIZATION, value);
+        }
+        Ok(reqwest::blocking::Client::builder().default_headers(headers))
+    }
+}
+
 /// The server a `write` run talks to: its write path, health check and setup.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub(crate) enum Target {
@@ -248,6 +294,8 @@ pub(crate) struct WriteArgs {
     #[arg(long, default_value = "bench_")]
     pub(crate) table_prefix: String,
     #[command(flatten)]
+    pub(crate) auth: TokenArgs,
+    #[command(flatten)]
     pub(crate) fleet: FleetArgs,
 }
 
@@ -311,6 +359,8 @@ pub(crate) struct MqttArgs {
     #[arg(long, default_value = "gridlake-load")]
     pub(crate) client_id: String,
     #[command(flatten)]
+    pub(crate) auth: TokenArgs,
+    #[command(flatten)]
     pub(crate) fleet: FleetArgs,
 }
 
@@ -347,6 +397,8 @@ pub(crate) struct QueryArgs {
     /// The "latest per device" shape looks this far back from the newest row.
     #[arg(long, default_value = "1h", value_parser = parse_duration_ms)]
     pub(crate) latest_window: Duration,
+    #[command(flatten)]
+    pub(crate) auth: TokenArgs,
 }
 
 impl QueryArgs {
@@ -450,6 +502,56 @@ mod tests {
         assert_eq!(duration_word(Duration::from_secs(90)), "90s");
         assert_eq!(duration_word(Duration::from_secs(300)), "5m");
         assert_eq!(duration_word(Duration::from_secs(7200)), "2h");
+    }
+
+    #[test]
+    fn the_token_is_taken_but_never_printed() {
+        let cli = parse("gridlake-load query --token glk_secret");
+        let Command::Query(args) = &cli.command else {
+            unreachable!()
+        };
+        assert_eq!(args.auth.token.as_deref(), Some("glk_secret"));
+        let printed = cli.command.command_line();
+        assert!(!printed.contains("glk_secret"), "{printed}");
+        let debug = format!("{cli:?}");
+        assert!(!debug.contains("glk_secret"), "{debug}");
+    }
+
+    /// The token reaches the server as `Authorization: Token <t>`: a one-shot HTTP
+    /// server records the request head.
+    #[test]
+    fn requests_carry_the_token() {
+        use std::io::{Read as _, Write as _};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            let (mut head, mut buf) = (Vec::new(), [0; 4096]);
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = stream.read(&mut buf).unwrap();
+                if n == 0 {
+                    break;
+                }
+                head.extend_from_slice(&buf[..n]);
+            }
+            stream
+                .write_all(
+                    b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                )
+                .unwrap();
+            String::from_utf8_lossy(&head).to_ascii_lowercase()
+        });
+        let auth = TokenArgs {
+            token: Some("glk_abc".to_owned()),
+        };
+        let client = auth.client().unwrap().build().unwrap();
+        let response = client.get(format!("http://{addr}/metrics")).send().unwrap();
+        assert_eq!(response.status(), reqwest::StatusCode::NO_CONTENT);
+        let head = server.join().unwrap();
+        assert!(
+            head.contains("\r\nauthorization: token glk_abc\r\n"),
+            "{head}"
+        );
     }
 
     #[test]

@@ -73,7 +73,9 @@ pub(crate) fn run(mut args: MqttArgs) -> anyhow::Result<()> {
             .unwrap_or_default()
     );
 
-    let http = HttpClient::builder()
+    let http = args
+        .auth
+        .client()?
         .timeout(Duration::from_secs(10))
         .build()?;
     let metrics_url = format!("{}/metrics", args.url.trim_end_matches('/'));

@@ -91,7 +91,9 @@ pub(crate) fn run(args: QueryArgs) -> anyhow::Result<()> {
     {
         bail!("--table {:?}: use letters, digits and '_'", args.table);
     }
-    let client = Client::builder()
+    let client = args
+        .auth
+        .client()?
         .timeout(Duration::from_secs(600))
         .pool_max_idle_per_host(1)
         .build()?;

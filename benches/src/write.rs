@@ -97,7 +97,13 @@ pub(crate) fn run(mut args: WriteArgs) -> anyhow::Result<()> {
     }
 
     let base = args.url.trim_end_matches('/').to_owned();
-    let probe = Client::builder().timeout(Duration::from_secs(10)).build()?;
+    // Health, setup and the server's counters; the token rides along (gridlake's
+    // /metrics and /health are public, and other targets ignore it).
+    let probe = args
+        .auth
+        .client()?
+        .timeout(Duration::from_secs(10))
+        .build()?;
     let server = wait_ready(&probe, args.target, &base)?;
     println!("server:      {} at {base} ({server})", args.target.name());
     setup(&probe, args.target, &base, &args.db)?;
@@ -368,9 +374,7 @@ fn pump(args: &WriteArgs, spec: &FleetSpec, url: Option<&str>) -> anyhow::Result
                 let (rx, recycle) = (body_rx.clone(), recycle_tx.clone());
                 std::thread::Builder::new()
                     .name(format!("sender-{n}"))
-                    .spawn_scoped(scope, move || {
-                        send(n, url, args.gzip, &rx, &recycle, deadline)
-                    })
+                    .spawn_scoped(scope, move || send(n, url, args, &rx, &recycle, deadline))
             })
             .collect::<Result<_, _>>()?;
         // Only the threads hold channel ends now: when the senders are done, the
@@ -462,18 +466,21 @@ fn generate(
 fn send(
     n: usize,
     url: Option<&str>,
-    gzip: bool,
+    args: &WriteArgs,
     rx: &Receiver<Body>,
     recycle: &Sender<Vec<u8>>,
     deadline: Instant,
 ) -> anyhow::Result<SenderReport> {
     // One client per sender with one idle connection: `--connections` means what it says.
+    let gzip = args.gzip;
     let client = url
-        .map(|_| {
-            Client::builder()
+        .map(|_| -> anyhow::Result<Client> {
+            Ok(args
+                .auth
+                .client()?
                 .timeout(Duration::from_secs(120))
                 .pool_max_idle_per_host(1)
-                .build()
+                .build()?)
         })
         .transpose()?;
     let mut report = SenderReport::default();

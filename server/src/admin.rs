@@ -3,11 +3,13 @@
 //! PostgreSQL both take a second writer).
 
 use std::io::{BufRead, IsTerminal};
+use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::{Args, Subcommand};
 use crm::{Crm, NewApiToken, NewUser, Page, Role, TokenScope, UserFilter};
 
+use crate::Config;
 use crate::cli::ConfigArgs;
 use crate::error::{Error, Result};
 use crate::serve::runtime;
@@ -19,7 +21,7 @@ pub(crate) struct UserArgs {
     #[command(subcommand)]
     command: UserCommand,
     #[command(flatten)]
-    config: ConfigArgs,
+    config: StoreArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -50,7 +52,30 @@ pub(crate) struct TokenArgs {
     #[command(subcommand)]
     command: TokenCommand,
     #[command(flatten)]
-    config: ConfigArgs,
+    config: StoreArgs,
+}
+
+/// Where the side store is: the config file and data directory, given before or after
+/// the subcommand (`gridlake token create --data-dir D ...`).
+#[derive(Debug, Args)]
+struct StoreArgs {
+    /// TOML configuration file (for `data_dir` and `[crm]`).
+    #[arg(long, global = true, env = "GRIDLAKE_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Data directory holding crm.sqlite [default: ./data].
+    #[arg(long, global = true, env = "GRIDLAKE_DATA_DIR", value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+}
+
+impl StoreArgs {
+    fn load(&self) -> Result<Config> {
+        ConfigArgs {
+            config: self.config.clone(),
+            data_dir: self.data_dir.clone(),
+            http_addr: None,
+        }
+        .load()
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -162,7 +187,7 @@ pub(crate) fn run_token(args: TokenArgs) -> Result<()> {
     })
 }
 
-async fn open(config: &crate::Config) -> Result<Crm> {
+async fn open(config: &Config) -> Result<Crm> {
     std::fs::create_dir_all(&config.data_dir).map_err(|source| Error::DataDir {
         path: config.data_dir.clone(),
         source,

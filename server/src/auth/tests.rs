@@ -68,7 +68,7 @@ const EXPECTED_RULES: &[(&str, &str, Rule)] = &[
     ("GET", "/api/v1/openapi.json", Rule::Public),
     ("POST", "/api/v1/auth/logout", Rule::SignedIn),
     ("GET", "/api/v1/auth/me", Rule::SignedIn),
-    ("GET", "/settings", Rule::Write),
+    ("GET", "/settings", Rule::Public),
     ("POST", "/write", Rule::Write),
     ("POST", "/api/v2/write", Rule::Write),
     ("POST", "/api/v3/write_lp", Rule::Write),

@@ -59,8 +59,10 @@ pub(crate) fn endpoints() -> Vec<Endpoint> {
         // Prometheus scrapers rarely carry credentials; the metrics hold counts, not
         // readings or names.
         Endpoint::new(M::GET, "/metrics", Rule::Public, ops::metrics),
-        // questdb-rs's HTTP sender reads this, with its write token, before writing.
-        Endpoint::new(M::GET, "/settings", Rule::Write, ops::settings),
+        // questdb-rs's HTTP sender reads this before writing, without its token (7.2
+        // sends the token only on writes); the answer is the same static document for
+        // everyone.
+        Endpoint::new(M::GET, "/settings", Rule::Public, ops::settings),
         Endpoint::new(
             M::GET,
             "/api/v1/modbus/devices",

@@ -4,6 +4,7 @@
 //! One test binary (`cargo test -p server --test e2e`) with one module per concern;
 //! `common` holds the server harness every test uses.
 
+mod auth;
 mod broker;
 mod common;
 mod durability;

@@ -16,8 +16,8 @@ async fn questdb_client_rows_come_back_exactly() {
     let token = server.admin_token().to_owned();
     // The sender is blocking (ureq); keep it off the async workers.
     tokio::task::spawn_blocking(move || -> questdb::Result<()> {
-        // Negotiates the protocol version through GET /settings, then posts to /write;
-        // `token` is sent as `Authorization: Bearer` on both.
+        // Negotiates the protocol version through GET /settings (public: questdb-rs 7.2
+        // sends no token there), then posts to /write with `Authorization: Bearer`.
         let mut sender = Sender::from_conf(format!("http::addr={addr};token={token};"))?;
         let mut buffer = sender.new_buffer();
         for i in 0..3i64 {

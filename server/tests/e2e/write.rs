@@ -221,21 +221,52 @@ async fn field_types_round_trip() {
     assert_eq!(type_of("note"), "Utf8");
 }
 
+/// The credentials InfluxDB clients send are accepted with a gridlake token: v2's
+/// `Token`, `Bearer`, v1's Basic auth with the token as the password and v1's `p`
+/// parameter; an unknown token is refused.
 #[tokio::test(flavor = "multi_thread")]
-async fn authorization_headers_are_tolerated() {
+async fn influx_client_credentials_are_accepted() {
+    use base64::Engine as _;
     let server = Server::start().await;
-    for (i, auth) in ["Token secret", "Bearer secret"].iter().enumerate() {
-        let response = server
-            .http()
+    let token = server.admin_token();
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("telegraf:{token}"));
+    // A client without the harness's default admin header.
+    let bare = reqwest::Client::new();
+    let attempts = [
+        (
+            "/api/v2/write?bucket=b&org=o",
+            Some(format!("Token {token}")),
+        ),
+        (
+            "/api/v2/write?bucket=b&org=o",
+            Some(format!("Bearer {token}")),
+        ),
+        ("/write?db=x", Some(format!("Basic {basic}"))),
+        (&*format!("/write?db=x&u=telegraf&p={token}"), None),
+    ];
+    for (i, (path, auth)) in attempts.iter().enumerate() {
+        let mut request = bare
+            .post(server.url(path))
+            .body(format!("auth,device_id=d{i} v=1 {i}"));
+        if let Some(auth) = auth {
+            request = request.header("Authorization", auth);
+        }
+        let response = request.send().await.expect("POST a write");
+        let status = response.status();
+        let body = response.text().await.unwrap_or_default();
+        assert_eq!(status, StatusCode::NO_CONTENT, "{path} {auth:?}: {body}");
+    }
+    for auth in ["Token secret", "Bearer glk_unknown"] {
+        let response = bare
             .post(server.url("/api/v2/write?bucket=b&org=o"))
-            .header("Authorization", *auth)
-            .body(format!("auth,device_id=d{i} v=1 {i}"))
+            .header("Authorization", auth)
+            .body("auth,device_id=x v=1 9")
             .send()
             .await
             .expect("POST /api/v2/write");
-        assert_eq!(response.status(), StatusCode::NO_CONTENT, "{auth}");
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{auth}");
     }
-    assert_eq!(server.count("auth").await, 2);
+    assert_eq!(server.count("auth").await, 4);
 }
 
 #[tokio::test(flavor = "multi_thread")]

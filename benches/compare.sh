@@ -63,9 +63,8 @@ echo
 
 # An admin API token for the gridlake whose data directory is $1, made the way the
 # README makes the first one (straight into the side store, before the server starts).
-# GRIDLAKE_DATA_DIR rather than --data-dir: the flag belongs before `create`.
 admin_token() {
-    GRIDLAKE_DATA_DIR=$1 "$GRIDLAKE_BIN" token create --name bench --scope admin \
+    "$GRIDLAKE_BIN" token create --data-dir "$1" --name bench --scope admin \
         | sed -n 's/.*"token":"\(glk_[^"]*\)".*/\1/p'
 }
 

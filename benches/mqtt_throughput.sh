@@ -73,9 +73,8 @@ echo "mosquitto_sub alone: $readings readings in $(echo "$t1 - $t0" | bc -l | xa
     | sed 's/^enabled = true$/enabled = true\nclient_id = "gridlake-bench"\nmax_inflight = 10000/' \
     > "$work/gridlake.toml"
 # An admin token for the SQL count, made the way the README makes the first one (straight
-# into the side store, before the server starts). GRIDLAKE_DATA_DIR rather than
-# --data-dir: the flag belongs before `create`.
-token=$(GRIDLAKE_DATA_DIR="$work/data" "$BIN" token create --name bench --scope admin \
+# into the side store, before the server starts).
+token=$("$BIN" token create --data-dir "$work/data" --name bench --scope admin \
     | sed -n 's/.*"token":"\(glk_[^"]*\)".*/\1/p')
 [ -n "$token" ] || { echo "gridlake token create printed no token" >&2; exit 1; }
 "$BIN" serve --config "$work/gridlake.toml" --data-dir "$work/data" --http-addr 127.0.0.1:0 \

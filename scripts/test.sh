@@ -14,6 +14,7 @@ log() { printf '\n==> %s\n' "$*"; }
 APT_PACKAGES=(
     mosquitto # the MQTT broker the collector tests run against (/usr/sbin/mosquitto)
     openssl   # makes the CA and certificate of the TLS broker test
+    postgresql # the server binaries (initdb, postgres) the crm tests start a cluster with
 )
 
 # Installs the packages above that are missing. Runs apt-get directly as root (CI,

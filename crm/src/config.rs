@@ -58,6 +58,24 @@ fn redact_url(url: &str) -> String {
                 // Only fails for URLs that cannot have a password, which this one has.
                 let _ = parsed.set_password(Some("***"));
             }
+            // libpq-style URLs may carry it as a parameter: `?password=...`.
+            if parsed
+                .query_pairs()
+                .any(|(k, _)| k.eq_ignore_ascii_case("password"))
+            {
+                let pairs: Vec<(String, String)> = parsed
+                    .query_pairs()
+                    .map(|(k, v)| {
+                        let v = if k.eq_ignore_ascii_case("password") {
+                            "***".to_owned()
+                        } else {
+                            v.into_owned()
+                        };
+                        (k.into_owned(), v)
+                    })
+                    .collect();
+                parsed.query_pairs_mut().clear().extend_pairs(pairs);
+            }
             parsed.into()
         }
         Err(_) => match url.split_once(':') {
@@ -95,6 +113,14 @@ mod tests {
             "{debug}"
         );
         assert!(debug.contains("last_seen_interval: 5s"), "{debug}");
+
+        let param = CrmConfig {
+            url: Some("postgres://db.example/crm?user=crm&Password=s3cret&sslmode=require".into()),
+            ..CrmConfig::default()
+        };
+        let debug = format!("{param:?}");
+        assert!(!debug.contains("s3cret"), "{debug}");
+        assert!(debug.contains("sslmode=require"), "{debug}");
 
         let odd = CrmConfig {
             url: Some("postgres://crm:s3cret@[bad".into()),

@@ -19,6 +19,9 @@ pub enum Error {
     /// The `[modbus]` section is not usable; the message names the device and setting.
     #[error("invalid configuration: {0}")]
     Modbus(#[from] ingest::modbus::ModbusConfigError),
+    /// A setting has a value the server cannot run with; the message names it.
+    #[error("invalid configuration: {0}")]
+    Setting(String),
     /// `gridlake simulate` failed.
     #[error(transparent)]
     Simulate(#[from] crate::simulate::SimulateError),

@@ -41,3 +41,64 @@ impl Default for AuthConfig {
         }
     }
 }
+
+impl AuthConfig {
+    /// Refuses settings the server cannot run with, naming the key.
+    pub fn check(&self) -> Result<(), String> {
+        for (key, value) in [
+            ("session_ttl", self.session_ttl),
+            ("login_window", self.login_window),
+            ("cleanup_interval", self.cleanup_interval),
+        ] {
+            if value.is_zero() {
+                return Err(format!("auth.{key} must be longer than 0s"));
+            }
+        }
+        for (key, value) in [
+            ("login_max_failures", self.login_max_failures),
+            ("login_max_failures_per_ip", self.login_max_failures_per_ip),
+        ] {
+            if value == 0 {
+                return Err(format!(
+                    "auth.{key} must be at least 1 (0 would refuse every login)"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_pass_and_zeros_are_refused_by_name() {
+        assert_eq!(AuthConfig::default().check(), Ok(()));
+        let zero_ttl = AuthConfig {
+            session_ttl: Duration::ZERO,
+            ..AuthConfig::default()
+        };
+        assert!(zero_ttl.check().unwrap_err().contains("auth.session_ttl"));
+        let zero_cleanup = AuthConfig {
+            cleanup_interval: Duration::ZERO,
+            ..AuthConfig::default()
+        };
+        assert!(
+            zero_cleanup
+                .check()
+                .unwrap_err()
+                .contains("auth.cleanup_interval")
+        );
+        let no_logins = AuthConfig {
+            login_max_failures: 0,
+            ..AuthConfig::default()
+        };
+        assert!(
+            no_logins
+                .check()
+                .unwrap_err()
+                .contains("auth.login_max_failures")
+        );
+    }
+}

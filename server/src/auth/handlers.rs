@@ -9,6 +9,7 @@ use axum::http::StatusCode;
 use axum::{Extension, Json};
 use crm::{ApiToken, User};
 use serde::{Deserialize, Serialize};
+use tokio::sync::Semaphore;
 use utoipa::ToSchema;
 
 use super::{Principal, credentials};
@@ -25,6 +26,55 @@ pub(crate) struct LoginRequest {
     password: String,
 }
 
+/// Password checks that may run at once.
+static VERIFYING: Semaphore = Semaphore::const_new(4);
+
+/// The longest email a login takes (RFC 5321's path limit), and the longest password
+/// (crm's limit when a password is set).
+const MAX_EMAIL: usize = 254;
+const MAX_PASSWORD: usize = 1024;
+
+impl LoginRequest {
+    /// Bounds the input before it reaches the store or the log: an unauthenticated
+    /// client must not be able to fill either.
+    fn check(&self) -> Result<(), ApiError> {
+        let mut fields = Vec::new();
+        let email = self.email.trim();
+        if email.is_empty() || email.chars().count() > MAX_EMAIL {
+            fields.push(field(
+                "email",
+                format!("must be 1 to {MAX_EMAIL} characters"),
+            ));
+        } else if email.chars().any(char::is_control) {
+            fields.push(field("email", "must not contain control characters"));
+        }
+        if self.password.is_empty() || self.password.chars().count() > MAX_PASSWORD {
+            fields.push(field(
+                "password",
+                format!("must be 1 to {MAX_PASSWORD} characters"),
+            ));
+        }
+        if fields.is_empty() {
+            Ok(())
+        } else {
+            Err(ApiError::Unprocessable(fields))
+        }
+    }
+}
+
+fn field(name: &str, message: impl Into<String>) -> crm::FieldError {
+    crm::FieldError {
+        field: name.to_owned(),
+        message: message.into(),
+    }
+}
+
+/// The start of an email for the log (printed with `?`, so control characters are
+/// escaped): enough to recognise it, not a password typed into the wrong field.
+fn shorten(email: &str) -> String {
+    email.chars().take(64).collect()
+}
+
 impl fmt::Debug for LoginRequest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LoginRequest")
@@ -34,8 +84,8 @@ impl fmt::Debug for LoginRequest {
     }
 }
 
-/// A new session.
-#[derive(Debug, Serialize, ToSchema)]
+/// A new session. Its `Debug` hides the token.
+#[derive(Serialize, ToSchema)]
 pub(crate) struct LoginResponse {
     /// The session token (`gls_...`): send it as `Authorization: Bearer <token>`. It is
     /// shown once; the server keeps only its digest.
@@ -44,6 +94,16 @@ pub(crate) struct LoginResponse {
     expires_ms: i64,
     /// The signed-in user.
     user: User,
+}
+
+impl fmt::Debug for LoginResponse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LoginResponse")
+            .field("token", &"<redacted>")
+            .field("expires_ms", &self.expires_ms)
+            .field("user", &self.user)
+            .finish()
+    }
 }
 
 /// Who the caller is.
@@ -87,13 +147,18 @@ pub(crate) async fn login(
     let body: Result<Json<LoginRequest>, JsonRejection> =
         <Json<LoginRequest> as FromRequest<AppState>>::from_request(request, &state).await;
     let Json(body) = body.map_err(ApiError::from)?;
+    body.check()?;
     let config = state.auth();
     let crm = state.crm();
     let attempts = crm.login_attempts();
     let window = config.login_window;
     let retry_after_s = window.as_secs().max(1);
+    // The attempt is recorded before the password is checked, and the counts include
+    // it: of any number of parallel attempts, at most the limit get to a password
+    // check. A successful login deletes it again.
+    attempts.record_failure(&body.email, &ip).await?;
     if attempts.failures_for_email(&body.email, window).await?
-        >= u64::from(config.login_max_failures)
+        > u64::from(config.login_max_failures)
     {
         return Err(ApiError::TooManyRequests {
             message: format!(
@@ -105,8 +170,7 @@ pub(crate) async fn login(
             retry_after_s,
         });
     }
-    if attempts.failures_from_ip(&ip, window).await? >= u64::from(config.login_max_failures_per_ip)
-    {
+    if attempts.failures_from_ip(&ip, window).await? > u64::from(config.login_max_failures_per_ip) {
         return Err(ApiError::TooManyRequests {
             message: format!(
                 "too many failed logins from this address (auth.login_max_failures_per_ip = {} \
@@ -117,13 +181,19 @@ pub(crate) async fn login(
             retry_after_s,
         });
     }
-    let Some(user) = crm
-        .users()
-        .verify_password(&body.email, &body.password)
-        .await?
-    else {
-        attempts.record_failure(&body.email, &ip).await?;
-        tracing::info!(email = %body.email, %ip, "failed login");
+    // Each check hashes with argon2 (about 19 MiB and tens of ms of CPU): a bounded
+    // number at a time, so a burst of logins queues instead of exhausting memory.
+    let verified = {
+        let _permit = VERIFYING
+            .acquire()
+            .await
+            .map_err(|e| ApiError::internal(e))?;
+        crm.users()
+            .verify_password(&body.email, &body.password)
+            .await?
+    };
+    let Some(user) = verified else {
+        tracing::info!(email = ?shorten(&body.email), %ip, "failed login");
         // One message for an unknown email, a wrong password and an inactive user, so
         // the answer does not tell which emails exist.
         return Err(ApiError::Unauthorized("wrong email or password".to_owned()));

@@ -14,8 +14,9 @@ pub(crate) enum Rule {
     /// The portal's reads: users of every role but `gateway`, and read and admin tokens.
     /// Handlers narrow the data to the caller's [`super::Scope`].
     Portal,
-    /// Writing readings: write and admin tokens, admin and gateway users. A write
-    /// token writes only for the devices of its site.
+    /// Writing readings: write and admin tokens, admin users. A write token writes only
+    /// for the devices of its site. Gateway users write with their site's write token,
+    /// not with a session: a session carries no site to confine the writes to.
     Write,
     /// SQL over all data: analysts and admins, read and admin tokens.
     Sql,
@@ -53,7 +54,7 @@ impl Rule {
     }
 
     fn allows(self, principal: &Principal) -> bool {
-        use Role::{Admin, Analyst, Business, Customer, Gateway, Prosumer, Support};
+        use Role::{Admin, Analyst, Business, Customer, Prosumer, Support};
         let (role, scope) = match principal {
             Principal::Open => return true,
             Principal::User { role, .. } => (Some(*role), None),
@@ -68,8 +69,7 @@ impl Rule {
                 ) || matches!(scope, Some(TokenScope::Read | TokenScope::Admin))
             }
             Rule::Write => {
-                matches!(role, Some(Admin | Gateway))
-                    || matches!(scope, Some(TokenScope::Write | TokenScope::Admin))
+                role == Some(Admin) || matches!(scope, Some(TokenScope::Write | TokenScope::Admin))
             }
             Rule::Sql => {
                 matches!(role, Some(Admin | Analyst))
@@ -89,9 +89,7 @@ impl Rule {
             Rule::Portal => {
                 "read portal data (it needs a customer, staff or analyst user, or a read or admin token)"
             }
-            Rule::Write => {
-                "write readings (it needs a write or admin token, or an admin or gateway user)"
-            }
+            Rule::Write => "write readings (it needs a write or admin token, or an admin user)",
             Rule::Sql => "run SQL (it needs an analyst or admin user, or a read or admin token)",
             Rule::Staff => {
                 "change accounts, sites or devices (it needs an admin or support user, or an admin token)"

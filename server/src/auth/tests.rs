@@ -41,14 +41,14 @@ const CALLERS: [Caller; 11] = [
 /// each rule lets through.
 fn allowed(rule: Rule, caller: Caller) -> bool {
     use Caller::{Anonymous, Token, User};
-    use Role::{Admin, Analyst, Business, Customer, Gateway, Prosumer, Support};
+    use Role::{Admin, Analyst, Business, Customer, Prosumer, Support};
     match (rule, caller) {
         (Rule::Public, _) => true,
         (_, Anonymous) => false,
         (Rule::SignedIn, _) => true,
         (Rule::Portal, User(Customer | Prosumer | Business | Admin | Support | Analyst)) => true,
         (Rule::Portal, Token(TokenScope::Read | TokenScope::Admin)) => true,
-        (Rule::Write, User(Admin | Gateway)) => true,
+        (Rule::Write, User(Admin)) => true,
         (Rule::Write, Token(TokenScope::Write | TokenScope::Admin)) => true,
         (Rule::Sql, User(Admin | Analyst)) => true,
         (Rule::Sql, Token(TokenScope::Read | TokenScope::Admin)) => true,
@@ -326,7 +326,9 @@ async fn expired_sessions_and_revoked_tokens_are_refused() {
 async fn repeated_failed_logins_are_limited_per_email_and_per_address() {
     let auth = AuthConfig {
         login_max_failures: 3,
-        login_max_failures_per_ip: 5,
+        // Every attempt that is not a success counts, refused ones too: bob's three
+        // failures and one refusal, then two more failures, reach it.
+        login_max_failures_per_ip: 6,
         ..AuthConfig::default()
     };
     let app = TestApp::with(auth, CrmConfig::default(), ByteSize::mib(1)).await;
@@ -447,5 +449,110 @@ async fn influx_clients_authenticate_with_token_basic_or_p() {
     let answer = send(wrong).await;
     assert_eq!(answer.status, StatusCode::UNAUTHORIZED);
     assert!(answer.json()["error"].as_str().unwrap().contains("Digest"));
+    app.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn parallel_failed_logins_get_no_more_guesses_than_the_limit() {
+    let auth = AuthConfig {
+        login_max_failures: 5,
+        login_max_failures_per_ip: 1000,
+        ..AuthConfig::default()
+    };
+    let app =
+        std::sync::Arc::new(TestApp::with(auth, CrmConfig::default(), ByteSize::mib(1)).await);
+    app.user(Role::Customer, "victim@example.com").await;
+    // Case and spaces do not make another email.
+    let emails = [
+        "victim@example.com",
+        "  VICTIM@Example.com ",
+        "Victim@example.COM",
+    ];
+    let mut tasks = Vec::new();
+    for i in 0..30 {
+        let app = app.clone();
+        let email = emails[i % emails.len()];
+        tasks.push(tokio::spawn(async move {
+            login(&app, email, "not the password").await.status
+        }));
+    }
+    let mut guesses = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            StatusCode::UNAUTHORIZED => guesses += 1,
+            StatusCode::TOO_MANY_REQUESTS => {}
+            other => panic!("unexpected {other}"),
+        }
+    }
+    // However the requests interleave, no more than the limit reach a password check
+    // (when all arrive at once, none may).
+    assert!(
+        guesses <= 5,
+        "{guesses} passwords were checked; the limit is 5"
+    );
+    // The right password is refused too while the limit holds.
+    assert_eq!(
+        login(&app, "victim@example.com", PASSWORD).await.status,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    let long = login(&app, &"a".repeat(300), "x").await;
+    assert_eq!(long.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(long.json()["fields"][0]["field"], "email");
+    let Ok(app) = std::sync::Arc::try_unwrap(app) else {
+        panic!("tasks are done")
+    };
+    app.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deactivation_and_password_change_end_live_sessions() {
+    let app = TestApp::new().await;
+    let (_, admin) = app.user(Role::Admin, "root@example.com").await;
+    let (ann, ann_session) = app.user(Role::Customer, "ann@example.com").await;
+    let (bob, bob_session) = app.user(Role::Customer, "bob@example.com").await;
+    let me = |token: String| {
+        let app = &app;
+        async move {
+            app.call("GET", "/api/v1/auth/me", Some(&token), None)
+                .await
+                .status
+        }
+    };
+    assert_eq!(me(ann_session.clone()).await, StatusCode::OK);
+    assert_eq!(me(bob_session.clone()).await, StatusCode::OK);
+
+    let path = format!("/api/v1/users/{}", ann.id);
+    let changed = app
+        .call(
+            "PATCH",
+            &path,
+            Some(&admin),
+            Some(json!({ "password": "a new long password" })),
+        )
+        .await;
+    assert_eq!(changed.status, StatusCode::OK, "{}", changed.text());
+    assert_eq!(me(ann_session).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        login(&app, "ann@example.com", "a new long password")
+            .await
+            .status,
+        StatusCode::OK
+    );
+
+    let path = format!("/api/v1/users/{}", bob.id);
+    let off = app
+        .call(
+            "PATCH",
+            &path,
+            Some(&admin),
+            Some(json!({ "active": false })),
+        )
+        .await;
+    assert_eq!(off.status, StatusCode::OK, "{}", off.text());
+    assert_eq!(me(bob_session).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        login(&app, "bob@example.com", PASSWORD).await.status,
+        StatusCode::UNAUTHORIZED
+    );
     app.finish().await;
 }

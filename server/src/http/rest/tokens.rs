@@ -27,8 +27,9 @@ pub(crate) struct TokensQuery {
     site_id: Option<i64>,
 }
 
-/// A token just created: its metadata and, this once, the token itself.
-#[derive(Debug, Serialize, ToSchema)]
+/// A token just created: its metadata and, this once, the token itself. Its `Debug`
+/// hides the token.
+#[derive(Serialize, ToSchema)]
 pub(crate) struct CreatedToken {
     /// The token (`glk_...`). Send it as `Authorization: Bearer <token>` (or
     /// `Authorization: Token <token>` from InfluxDB clients). The server keeps only
@@ -37,6 +38,15 @@ pub(crate) struct CreatedToken {
     /// The token's metadata, as `GET /api/v1/tokens` shows it.
     #[serde(flatten)]
     api_token: ApiToken,
+}
+
+impl std::fmt::Debug for CreatedToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CreatedToken")
+            .field("token", &"<redacted>")
+            .field("api_token", &self.api_token)
+            .finish()
+    }
 }
 
 /// Lists API tokens by id (metadata only; the tokens themselves are not stored).

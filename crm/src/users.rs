@@ -377,9 +377,11 @@ impl<'a> Users<'a> {
             None => (None, None),
         };
         let known = hash.is_some();
-        let hash = hash.or_else(|| DUMMY_HASH.clone());
         let password = password.to_owned();
+        // The dummy hash is made on first use, which is argon2 work: on the blocking
+        // pool too, never on an async worker.
         let ok = tokio::task::spawn_blocking(move || {
+            let hash = hash.or_else(|| DUMMY_HASH.clone());
             hash.is_some_and(|h| verify(&h, &password)) && known
         })
         .await

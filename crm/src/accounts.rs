@@ -322,15 +322,22 @@ impl<'a> Accounts<'a> {
         Ok(account)
     }
 
-    /// Deletes the account and its sites.
+    /// Deletes the account and its sites (whose devices become unassigned, as having
+    /// left them: see [`crate::Sites::delete`]).
     pub async fn delete(&self, id: i64) -> Result<()> {
+        let mut tx = self.crm.pool().begin().await?;
+        self.crm
+            .devices()
+            .leave_sites(&mut tx, "SELECT id FROM sites WHERE account_id = $2", id)
+            .await?;
         let done = query("DELETE FROM accounts WHERE id = $1")
             .bind(id)
-            .execute(self.crm.pool())
+            .execute(&mut *tx)
             .await?;
         if done.rows_affected() == 0 {
             return Err(Error::not_found("account", id));
         }
+        tx.commit().await?;
         Ok(())
     }
 }

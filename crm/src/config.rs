@@ -25,6 +25,11 @@ pub struct CrmConfig {
     /// note the time in memory: one write per interval, not one per reading.
     #[serde(with = "humantime_serde")]
     pub last_seen_interval: Duration,
+    /// How often the server reads the whole device registry again. Its own changes
+    /// reach the write path at once; this is for changes made elsewhere: another
+    /// server on the same PostgreSQL, the `gridlake` CLI.
+    #[serde(with = "humantime_serde")]
+    pub registry_reload_interval: Duration,
 }
 
 impl Default for CrmConfig {
@@ -34,6 +39,7 @@ impl Default for CrmConfig {
             max_connections: 8,
             unknown_devices: UnknownDevices::Register,
             last_seen_interval: Duration::from_secs(5),
+            registry_reload_interval: Duration::from_secs(60),
         }
     }
 }
@@ -45,6 +51,7 @@ impl fmt::Debug for CrmConfig {
             .field("max_connections", &self.max_connections)
             .field("unknown_devices", &self.unknown_devices)
             .field("last_seen_interval", &self.last_seen_interval)
+            .field("registry_reload_interval", &self.registry_reload_interval)
             .finish()
     }
 }

@@ -99,6 +99,10 @@ pub struct Device {
     pub device_id: String,
     /// The site it belongs to; `None` while unassigned.
     pub site_id: Option<i64>,
+    /// Readings before this time (ms since the epoch) belong to the device's previous
+    /// site; set when the device leaves a site, `None` when its history has only ever
+    /// belonged to its current site or none.
+    pub assigned_ms: Option<i64>,
     /// User-friendly name ("Washing machine").
     pub name: Option<String>,
     /// Utility meter number; unique when present.
@@ -198,8 +202,8 @@ pub struct DeviceFilter {
     pub user_id: Option<i64>,
 }
 
-const COLUMNS: &str = "id, kind, device_id, site_id, name, meter_number, serial_number, mac_address, \
-     manufacturer, model, status, last_seen_ms, created_ms, updated_ms";
+const COLUMNS: &str = "id, kind, device_id, site_id, assigned_ms, name, meter_number, \
+     serial_number, mac_address, manufacturer, model, status, last_seen_ms, created_ms, updated_ms";
 
 /// Column names of [`check`]'s result, in order.
 const FIELDS: [&str; 9] = [
@@ -220,6 +224,7 @@ fn from_row(row: &AnyRow) -> sqlx::Result<Device> {
         kind: parsed(row, "kind")?,
         device_id: row.try_get("device_id")?,
         site_id: row.try_get("site_id")?,
+        assigned_ms: row.try_get("assigned_ms")?,
         name: row.try_get("name")?,
         meter_number: row.try_get("meter_number")?,
         serial_number: row.try_get("serial_number")?,
@@ -414,6 +419,11 @@ impl<'a> Devices<'a> {
     }
 
     /// Replaces every field but the last-seen time (assigning a site is an update).
+    ///
+    /// A device that leaves a site (for another site or for none) gets `assigned_ms` set
+    /// to now, so the readings it sent until then stay with the site it left: the
+    /// portal shows a site's customer only what came after. Coming to a site from none
+    /// keeps the time, so a device moved A → none → B still hides A's readings from B.
     pub async fn update(&self, id: i64, new: NewDevice) -> Result<Device> {
         let fields = check(&new)?;
         let mut stmt = Stmt::new("");
@@ -425,8 +435,14 @@ impl<'a> Devices<'a> {
         let site = stmt.arg(Arg::OptInt(new.site_id));
         let now = stmt.arg(Arg::Int(self.crm.now_ms()));
         let id_p = stmt.arg(Arg::Int(id));
+        // In one statement, so a concurrent move cannot slip between reading the old
+        // site and writing the new one. `site_id` on the right of SET is the old value
+        // (on both backends); `IS DISTINCT FROM` treats NULLs as values (SQLite 3.39+).
         stmt.sql = format!(
-            "UPDATE devices SET {}, site_id = {site}, updated_ms = {now} WHERE id = {id_p} RETURNING {COLUMNS}",
+            "UPDATE devices SET {}, \
+             assigned_ms = CASE WHEN site_id IS NOT NULL AND site_id IS DISTINCT FROM {site} \
+             THEN {now} ELSE assigned_ms END, \
+             site_id = {site}, updated_ms = {now} WHERE id = {id_p} RETURNING {COLUMNS}",
             sets.join(", ")
         );
         let row = stmt
@@ -436,6 +452,29 @@ impl<'a> Devices<'a> {
             .map_err(|e| map_write("device", "site_id", e))?
             .ok_or_else(|| Error::not_found("device", id))?;
         Ok(from_row(&row)?)
+    }
+
+    /// Unassigns the devices on the sites `sites` names (SQL for a list of site ids, over
+    /// `$2`) as having left them now, inside `tx` and before a delete of those sites
+    /// (directly or through their account or user). The foreign key's `ON DELETE SET
+    /// NULL` would unassign them too, but past [`Devices::update`]'s bookkeeping: the
+    /// next site's customer would then see the deleted site's readings.
+    pub(crate) async fn leave_sites(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        sites: &str,
+        id: i64,
+    ) -> Result<()> {
+        let sql = format!(
+            "UPDATE devices SET site_id = NULL, assigned_ms = $1, updated_ms = $1 \
+             WHERE site_id IN ({sites})"
+        );
+        query(&sql)
+            .bind(self.crm.now_ms())
+            .bind(id)
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
     }
 
     /// Removes the device from the registry.

@@ -343,15 +343,20 @@ impl<'a> Sites<'a> {
         Ok(from_row(&row)?)
     }
 
-    /// Deletes the site; its devices become unassigned, its API tokens are deleted.
+    /// Deletes the site; its devices become unassigned, as having left it (their readings
+    /// so far stay hidden from the next site, see [`crate::Devices::update`]); its API
+    /// tokens are deleted.
     pub async fn delete(&self, id: i64) -> Result<()> {
+        let mut tx = self.crm.pool().begin().await?;
+        self.crm.devices().leave_sites(&mut tx, "$2", id).await?;
         let done = query("DELETE FROM sites WHERE id = $1")
             .bind(id)
-            .execute(self.crm.pool())
+            .execute(&mut *tx)
             .await?;
         if done.rows_affected() == 0 {
             return Err(Error::not_found("site", id));
         }
+        tx.commit().await?;
         Ok(())
     }
 }

@@ -25,12 +25,20 @@ use crate::users::Users;
 /// feature, which builds both database drivers a second time for the proc-macro host
 /// (about a minute of CPU per clean build). A test checks that every file under
 /// `migrations/` is listed here. The checksum is the one `migrate!` would compute.
-const MIGRATIONS: &[(i64, &str, &str, &str)] = &[(
-    1,
-    "init",
-    include_str!("../migrations/sqlite/0001_init.sql"),
-    include_str!("../migrations/postgres/0001_init.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
+    (
+        1,
+        "init",
+        include_str!("../migrations/sqlite/0001_init.sql"),
+        include_str!("../migrations/postgres/0001_init.sql"),
+    ),
+    (
+        2,
+        "device_assignment",
+        include_str!("../migrations/sqlite/0002_device_assignment.sql"),
+        include_str!("../migrations/postgres/0002_device_assignment.sql"),
+    ),
+];
 
 fn migrator(backend: Backend) -> Migrator {
     Migrator::with_migrations(

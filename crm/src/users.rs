@@ -349,15 +349,21 @@ impl<'a> Users<'a> {
     }
 
     /// Deletes the user and, through the foreign keys, their accounts, sites and
-    /// sessions (devices on those sites become unassigned).
+    /// sessions (devices on those sites become unassigned, as having left them: see
+    /// [`crate::Sites::delete`]).
     pub async fn delete(&self, id: i64) -> Result<()> {
+        let sites = "SELECT s.id FROM sites s JOIN accounts a ON a.id = s.account_id \
+                     WHERE a.user_id = $2";
+        let mut tx = self.crm.pool().begin().await?;
+        self.crm.devices().leave_sites(&mut tx, sites, id).await?;
         let done = query("DELETE FROM users WHERE id = $1")
             .bind(id)
-            .execute(self.crm.pool())
+            .execute(&mut *tx)
             .await?;
         if done.rows_affected() == 0 {
             return Err(Error::not_found("user", id));
         }
+        tx.commit().await?;
         Ok(())
     }
 

@@ -636,6 +636,104 @@ async fn users_filter_by_email_substring(h: &Harness) {
     assert!(emails("%").await.is_empty());
 }
 
+/// Moving a device between sites records when it left one, so the portal can keep the
+/// old site's readings from the new site's customer; nothing else sets or clears it.
+async fn leaving_a_site_stamps_assigned_ms(h: &Harness) {
+    let (_, account_a, site_a) = owner(h, "a@example.com").await;
+    let (_, _, site_b) = owner(h, "b@example.com").await;
+    let devices = h.crm.devices();
+    let on = |device_id: &str, site_id: Option<i64>| {
+        let mut new = NewDevice::new(DeviceKind::Meter, device_id);
+        new.site_id = site_id;
+        new
+    };
+
+    // Created on a site: its history has only ever been that site's.
+    let meter = devices.create(on("m1", Some(site_a))).await.unwrap();
+    assert_eq!(meter.assigned_ms, None);
+    // An edit that keeps the site keeps the time.
+    h.clock.advance(1000);
+    let mut renamed = on("m1", Some(site_a));
+    renamed.name = Some("Hall".into());
+    assert_eq!(
+        devices.update(meter.id, renamed).await.unwrap().assigned_ms,
+        None
+    );
+    // A -> B: the time it left A.
+    h.clock.advance(1000);
+    let moved = devices
+        .update(meter.id, on("m1", Some(site_b)))
+        .await
+        .unwrap();
+    assert_eq!(
+        (moved.site_id, moved.assigned_ms),
+        (Some(site_b), Some(T0 + 2000))
+    );
+    h.clock.advance(1000);
+    let kept = devices
+        .update(meter.id, on("m1", Some(site_b)))
+        .await
+        .unwrap();
+    assert_eq!(kept.assigned_ms, Some(T0 + 2000), "same site, same time");
+
+    // Unassigned (auto-registered) -> A: nothing to hide.
+    let seen = devices
+        .register_unassigned(NewDevice::new(DeviceKind::Meter, "m2"))
+        .await
+        .unwrap();
+    assert_eq!(seen.assigned_ms, None);
+    let assigned = devices
+        .update(seen.id, on("m2", Some(site_a)))
+        .await
+        .unwrap();
+    assert_eq!(assigned.assigned_ms, None);
+    // A -> none -> B: B's customer must not see A's part, so the time of leaving A stays.
+    h.clock.advance(1000);
+    let left = devices.update(seen.id, on("m2", None)).await.unwrap();
+    assert_eq!((left.site_id, left.assigned_ms), (None, Some(T0 + 4000)));
+    h.clock.advance(1000);
+    let arrived = devices
+        .update(seen.id, on("m2", Some(site_b)))
+        .await
+        .unwrap();
+    assert_eq!(
+        (arrived.site_id, arrived.assigned_ms),
+        (Some(site_b), Some(T0 + 4000))
+    );
+
+    // Deleting a site (directly, or through its account) is leaving it too: the device
+    // unassigned that way must not carry the deleted site's readings to its next site.
+    let m3 = devices.create(on("m3", Some(site_a))).await.unwrap();
+    let other_a = h
+        .crm
+        .sites()
+        .create(new_site(account_a, "Garage"))
+        .await
+        .unwrap();
+    let m4 = devices.create(on("m4", Some(other_a.id))).await.unwrap();
+    h.clock.advance(1000);
+    h.crm.sites().delete(site_a).await.unwrap();
+    let m3 = devices.get(m3.id).await.unwrap();
+    assert_eq!((m3.site_id, m3.assigned_ms), (None, Some(T0 + 6000)));
+    assert_eq!(devices.get(m4.id).await.unwrap().assigned_ms, None);
+    h.clock.advance(1000);
+    h.crm.accounts().delete(account_a).await.unwrap();
+    let m4 = devices.get(m4.id).await.unwrap();
+    assert_eq!((m4.site_id, m4.assigned_ms), (None, Some(T0 + 7000)));
+    let b_meter = devices.get(meter.id).await.unwrap();
+    assert_eq!(
+        (b_meter.site_id, b_meter.assigned_ms),
+        (Some(site_b), Some(T0 + 2000)),
+        "devices on other sites are untouched"
+    );
+    let (user_c, _, site_c) = owner(h, "c@example.com").await;
+    let m5 = devices.create(on("m5", Some(site_c))).await.unwrap();
+    h.clock.advance(1000);
+    h.crm.users().delete(user_c).await.unwrap();
+    let m5 = devices.get(m5.id).await.unwrap();
+    assert_eq!((m5.site_id, m5.assigned_ms), (None, Some(T0 + 8000)));
+}
+
 both!(
     account_owner_changes_only_by_explicit_transfer,
     one_primary_site_per_account,
@@ -646,4 +744,5 @@ both!(
     device_identifiers_unique_and_conflicts_name_the_field,
     resolve_and_register_unassigned,
     last_seen_batched_and_monotonic,
+    leaving_a_site_stamps_assigned_ms,
 );

@@ -1,23 +1,32 @@
 //! The device gate: where every write path asks the device registry which rows may be
-//! stored.
+//! stored, and tells it which were.
 //!
 //! The registry itself lives in the server (it needs the side store); the collectors
 //! here only know this trait, so `ingest` does not depend on the `crm` crate, and tests
 //! can gate with a few lines of their own.
 //!
 //! ```text
-//!  parse / decode ─► apply_canonical ─► DeviceGate::admit ─► Store::validate ─► WAL
-//!                                           │
-//!                                           └─► refused rows: LineError (HTTP answer,
-//!                                               MQTT `_rejected`, Modbus invalid rows)
+//!  parse / decode ─► apply_canonical ─► DeviceGate::check ─► Store::validate ─┐
+//!                                           │                                 │
+//!                                           │        DeviceGate::note_stored ◄┘ (rows that
+//!                                           │                  │ will be stored)
+//!                                           ▼                  ▼
+//!                        refused rows: LineError         WAL (HTTP: unless the
+//!                        (HTTP answer, MQTT               request is all-or-nothing
+//!                        `_rejected`, Modbus               and a row was refused)
+//!                        invalid rows)
 //! ```
+//!
+//! Two steps, because a row the gate admits may still be refused by the store's
+//! validation, or dropped with the rest of an all-or-nothing request: such a row must
+//! not register its device or count as a sign of life.
 
 use devices::tables::DEVICE_ID;
-use storage::{LineError, ParsedLine, Row};
+use storage::{LineError, ParsedLine, Row, WriteBatch};
 
-/// Decides which rows' devices may be stored, and notes the devices seen.
+/// Decides which rows' devices may be stored, and learns of the devices stored.
 ///
-/// `admit` runs on the write path (a million rows a second over HTTP), so it is
+/// Both methods run on the write path (a million rows a second over HTTP), so they are
 /// synchronous and must not wait for I/O: anything slow (registering a new device,
 /// writing last-seen times) is queued for a background task.
 pub trait DeviceGate: Send + Sync + std::fmt::Debug {
@@ -26,7 +35,16 @@ pub trait DeviceGate: Send + Sync + std::fmt::Debug {
     /// reason that names the device and what to do about it). `site` is the site a
     /// site-bound writer (a gateway's token) is confined to; `None` for writers that
     /// may write for any device.
-    fn admit(&self, lines: &mut Vec<ParsedLine>, rejected: &mut Vec<LineError>, site: Option<i64>);
+    ///
+    /// Changes nothing in the registry: call [`DeviceGate::note_stored`] with the rows
+    /// that are then actually stored.
+    fn check(&self, lines: &mut Vec<ParsedLine>, rejected: &mut Vec<LineError>, site: Option<i64>);
+
+    /// The rows of `batch` (passed by [`DeviceGate::check`] with the same `site`, then
+    /// validated) are being stored: registers the devices among them the registry does
+    /// not know yet (a site-bound writer's on its site), and notes each device's newest
+    /// reading time.
+    fn note_stored(&self, batch: &WriteBatch, site: Option<i64>);
 }
 
 /// The row's `device_id` tag, if it has one. Tags are sorted by key, so the search

@@ -11,16 +11,17 @@
 //!
 //! ```text
 //! HTTP body ─► decode_body ─► parse_line_protocol / parse_json ─► (ParsedLine, LineError)
-//!                                        └─► apply_canonical ─► DeviceGate ─► Store::validate ─► WAL
+//!   └─► apply_canonical ─► DeviceGate::check ─► Store::validate ─► DeviceGate::note_stored ─► WAL
 //! ```
 //!
 //! The parsers do no I/O and keep no state: every one is a pure transformation of a
 //! byte slice. [`apply_canonical`] holds every write path to the canonical tables'
 //! column types and records each row's quality and source. A [`DeviceGate`] (the
-//! server's device registry) then decides which rows' devices may be stored, on every
-//! write path alike. The [`mqtt`] collector is the exception to purity: it subscribes
-//! to a broker, decodes device payloads and hands the rows to the store itself. The [`modbus`] collector does the same for devices it polls
-//! over Modbus TCP, SunSpec inverters, meters and batteries among them.
+//! server's device registry) then decides which rows' devices may be stored, and learns
+//! which were (after validation), on every write path alike. The [`mqtt`] collector is
+//! the exception to purity: it subscribes to a broker, decodes device payloads and hands
+//! the rows to the store itself. The [`modbus`] collector does the same for devices it
+//! polls over Modbus TCP, SunSpec inverters, meters and batteries among them.
 
 mod canonical;
 mod checks;

@@ -68,10 +68,16 @@ pub(crate) fn init_tracing(filter: &str, origin: &'static str) -> Result<()> {
 
 async fn serve_async(config: Config) -> Result<()> {
     config.auth.check().map_err(Error::Setting)?;
-    if config.crm.last_seen_interval.is_zero() {
-        return Err(Error::Setting(
-            "crm.last_seen_interval must be longer than 0s".to_owned(),
-        ));
+    for (key, value) in [
+        ("last_seen_interval", config.crm.last_seen_interval),
+        (
+            "registry_reload_interval",
+            config.crm.registry_reload_interval,
+        ),
+    ] {
+        if value.is_zero() {
+            return Err(Error::Setting(format!("crm.{key} must be longer than 0s")));
+        }
     }
     let data_dir = config.data_dir.clone();
     std::fs::create_dir_all(&data_dir).map_err(|source| Error::DataDir {

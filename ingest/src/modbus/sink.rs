@@ -47,7 +47,7 @@ pub(crate) struct Sink {
 
 /// A prepared batch the store's queue had no room for yet.
 #[derive(Debug)]
-struct Ready {
+pub(super) struct Ready {
     write: PreparedWrite,
     rows: usize,
 }
@@ -114,8 +114,9 @@ impl Sink {
         }
     }
 
-    /// Gates, validates and prepares rows; `None` when nothing is left to write.
-    fn prepare(&mut self, mut lines: Vec<ParsedLine>) -> Option<Ready> {
+    /// Gates, validates and prepares rows, and tells the gate which will be stored;
+    /// `None` when nothing is left to write.
+    pub(super) fn prepare(&mut self, mut lines: Vec<ParsedLine>) -> Option<Ready> {
         if lines.is_empty() {
             return None;
         }
@@ -124,7 +125,7 @@ impl Sink {
         }
         if let Some(gate) = &self.gate {
             let mut refused = Vec::new();
-            gate.admit(&mut lines, &mut refused, None);
+            gate.check(&mut lines, &mut refused, None);
             count_refused(
                 &self.metrics,
                 &mut self.warned_gate,
@@ -134,6 +135,10 @@ impl Sink {
         }
         let (batch, errors) = self.store.validate(lines);
         count_refused(&self.metrics, &mut self.warned, &errors, "the store");
+        // Only rows the store takes register their device and count as signs of life.
+        if let Some(gate) = &self.gate {
+            gate.note_stored(&batch, None);
+        }
         let rows: usize = batch.tables.iter().map(|t| t.rows.len()).sum();
         if rows == 0 {
             return None;

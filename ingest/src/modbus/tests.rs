@@ -1436,12 +1436,19 @@ async fn a_late_rtu_answer_after_the_retry_is_not_taken_for_the_next_cycle() {
     late_rtu_answer(1).await;
 }
 
-/// Refuses the rows of one device, as a registry in `reject` mode does.
+/// Refuses the rows of one device, as a registry in `reject` mode does, and records
+/// the devices of the rows it is told were stored.
 #[derive(Debug)]
-struct RefuseDevice(&'static str);
+struct RefuseDevice(&'static str, Mutex<Vec<String>>);
+
+impl RefuseDevice {
+    fn new(device_id: &'static str) -> Self {
+        Self(device_id, Mutex::default())
+    }
+}
 
 impl crate::gate::DeviceGate for RefuseDevice {
-    fn admit(
+    fn check(
         &self,
         lines: &mut Vec<storage::ParsedLine>,
         rejected: &mut Vec<storage::LineError>,
@@ -1459,6 +1466,59 @@ impl crate::gate::DeviceGate for RefuseDevice {
             !refused
         });
     }
+
+    fn note_stored(&self, batch: &storage::WriteBatch, site: Option<i64>) {
+        assert_eq!(site, None, "the collector is not confined to a site");
+        let mut noted = self.1.lock().unwrap();
+        for table in &batch.tables {
+            noted.extend(
+                table
+                    .rows
+                    .iter()
+                    .filter_map(crate::gate::device_id)
+                    .map(str::to_owned),
+            );
+        }
+    }
+}
+
+/// A polled row of `plc` for `device` with one field.
+fn plc_row(device: &str, value: storage::FieldValue) -> storage::ParsedLine {
+    storage::ParsedLine {
+        line: 0,
+        table: "plc".to_owned(),
+        row: storage::Row {
+            time: 1_700_000_000_000_000_000,
+            tags: vec![("device_id".to_owned(), device.to_owned())],
+            fields: vec![("x".to_owned(), value)],
+        },
+    }
+}
+
+#[tokio::test]
+async fn only_rows_the_store_takes_are_noted_with_the_gate() {
+    let (_dir, store) = open_store();
+    let gate = Arc::new(RefuseDevice::new("stranger"));
+    let metrics = ModbusMetrics::default();
+    let mut sink = sink::Sink {
+        store: store.clone(),
+        gate: Some(gate.clone()),
+        metrics: metrics.clone(),
+        batch_rows: 100,
+        linger: Duration::from_millis(10),
+        warned: None,
+        warned_gate: None,
+    };
+    // `typo` passes the gate but not the store (text where `x` is a number).
+    let ready = sink.prepare(vec![
+        plc_row("known", storage::FieldValue::F64(1.0)),
+        plc_row("stranger", storage::FieldValue::F64(2.0)),
+        plc_row("typo", storage::FieldValue::String("two".to_owned())),
+    ]);
+    assert!(ready.is_some(), "the known device's row is written");
+    assert_eq!(*gate.1.lock().unwrap(), ["known"]);
+    assert_eq!(metrics.invalid_rows.get(), 2, "one refused by each");
+    store.shutdown().unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1474,7 +1534,7 @@ async fn rows_the_gate_refuses_are_counted_not_stored() {
     );
     let (_dir, store) = open_store();
     let metrics = ModbusMetrics::default();
-    let gate: Arc<dyn crate::gate::DeviceGate> = Arc::new(RefuseDevice("stranger"));
+    let gate: Arc<dyn crate::gate::DeviceGate> = Arc::new(RefuseDevice::new("stranger"));
     let collector =
         ModbusCollector::start(&config(&text), store.clone(), metrics.clone(), Some(gate)).unwrap();
     eventually("three stored readings of the known device", || {

@@ -482,8 +482,9 @@ impl Collector {
         }
     }
 
-    /// Passes the pending rows through the device gate, validates them, adds
-    /// `_rejected` rows for what either refused, and queues the batch for the store.
+    /// Passes the pending rows through the device gate, validates them, tells the gate
+    /// which will be stored, adds `_rejected` rows for what either refused, and queues
+    /// the batch for the store.
     fn flush(&mut self) {
         let Pending {
             mut lines,
@@ -495,9 +496,14 @@ impl Collector {
         }
         let mut errors = Vec::new();
         if let Some(gate) = &self.gate {
-            gate.admit(&mut lines, &mut errors, None);
+            gate.check(&mut lines, &mut errors, None);
         }
         let (mut batch, invalid) = self.store.validate(lines);
+        // Only rows the store takes register their device and count as signs of life.
+        // (A batch the store then fails to take is redelivered by the broker.)
+        if let Some(gate) = &self.gate {
+            gate.note_stored(&batch, None);
+        }
         errors.extend(invalid);
         let mut failed_rows = vec![0usize; messages.len()];
         for e in errors {
@@ -1052,12 +1058,13 @@ mod tests {
         assert!(err.contains("without values"), "{err}");
     }
 
-    /// Refuses the rows of one device, as a registry in `reject` mode does.
+    /// Refuses the rows of one device, as a registry in `reject` mode does, and records
+    /// the devices of the rows it is told were stored.
     #[derive(Debug)]
-    struct RefuseDevice(&'static str);
+    struct RefuseDevice(&'static str, std::sync::Mutex<Vec<String>>);
 
     impl DeviceGate for RefuseDevice {
-        fn admit(
+        fn check(
             &self,
             lines: &mut Vec<ParsedLine>,
             rejected: &mut Vec<storage::LineError>,
@@ -1074,6 +1081,18 @@ mod tests {
                 }
                 !refused
             });
+        }
+
+        fn note_stored(&self, batch: &WriteBatch, site: Option<i64>) {
+            assert_eq!(site, None, "the collector is not confined to a site");
+            let mut noted = self.1.lock().unwrap();
+            for table in &batch.tables {
+                for row in &table.rows {
+                    if let Some(device_id) = crate::gate::device_id(row) {
+                        noted.push(format!("{}/{device_id}", table.table));
+                    }
+                }
+            }
         }
     }
 
@@ -1110,7 +1129,8 @@ topic_template = "lp/{site_id}"
         let (routes, options) = prepare(&config).unwrap();
         // Never polled: the test hands messages to the collector itself.
         let (client, _eventloop) = AsyncClient::new(options, 16);
-        let gate: Arc<dyn DeviceGate> = Arc::new(RefuseDevice("stranger"));
+        let refuse = Arc::new(RefuseDevice("stranger", Default::default()));
+        let gate: Arc<dyn DeviceGate> = refuse.clone();
         let mut collector = Collector::new(
             &config,
             client,
@@ -1126,7 +1146,17 @@ topic_template = "lp/{site_id}"
             "meter,device_id=known power_w=1 1000\nmeter,device_id=stranger power_w=2 1000\n",
         ));
         collector.receive(publish("meter,device_id=stranger power_w=3 2000\n"));
+        // The gate admits `typo`, the store refuses it (a text where `plc.x` is a
+        // number): its device must not be noted as stored.
+        collector.receive(publish(
+            "plc,device_id=plc-1 x=1 1000\nplc,device_id=typo x=\"one\" 1000\n",
+        ));
         collector.flush();
+        assert_eq!(
+            *refuse.1.lock().unwrap(),
+            ["meter/known", "plc/plc-1"],
+            "only the stored rows' devices are noted"
+        );
         let mut inflight = VecDeque::new();
         assert!(collector.submit_ready(&mut inflight).is_none());
         let front = inflight.pop_front().expect("a batch with rows");
@@ -1136,17 +1166,22 @@ topic_template = "lp/{site_id}"
             .await
             .unwrap()
             .unwrap();
-        assert_eq!(front.acks.len(), 2, "both messages are acknowledged");
+        assert_eq!(front.acks.len(), 3, "every message is acknowledged");
 
         assert_eq!(column(&store, "meter", "device_id"), ["known"]);
+        assert_eq!(column(&store, "plc", "device_id"), ["plc-1"]);
         let errors = column(&store, REJECTED.name, "error");
-        assert_eq!(errors.len(), 2, "one _rejected row per message: {errors:?}");
-        for error in &errors {
-            assert_eq!(
-                error, "device \"stranger\" is not in the device registry",
-                "{errors:?}"
-            );
-        }
+        assert_eq!(errors.len(), 3, "one _rejected row per message: {errors:?}");
+        let refused = "device \"stranger\" is not in the device registry";
+        assert_eq!(
+            errors.iter().filter(|e| *e == refused).count(),
+            2,
+            "{errors:?}"
+        );
+        assert!(
+            errors.iter().any(|e| e != refused && e.contains("x")),
+            "{errors:?}"
+        );
         let payloads = column(&store, REJECTED.name, "payload");
         assert!(payloads[0].contains("power_w=2"), "{payloads:?}");
         assert!(payloads[1].contains("power_w=3"), "{payloads:?}");

@@ -184,10 +184,7 @@ pub(crate) async fn login(
     // Each check hashes with argon2 (about 19 MiB and tens of ms of CPU): a bounded
     // number at a time, so a burst of logins queues instead of exhausting memory.
     let verified = {
-        let _permit = VERIFYING
-            .acquire()
-            .await
-            .map_err(|e| ApiError::internal(e))?;
+        let _permit = VERIFYING.acquire().await.map_err(ApiError::internal)?;
         crm.users()
             .verify_password(&body.email, &body.password)
             .await?

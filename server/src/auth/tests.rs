@@ -146,7 +146,7 @@ async fn every_endpoint_refuses_or_admits_every_caller_as_its_rule_says() {
     let mut device = crm::NewDevice::new(crm::DeviceKind::Meter, "matrix-meter");
     device.site_id = Some(site.id);
     let device = app.crm.devices().create(device).await.unwrap();
-    app.state.devices().set(&device.device_id, Some(site.id));
+    app.state.devices().stored(&device);
     let real = Real {
         user: owner.id,
         account: account.id,

@@ -288,16 +288,20 @@ async fn write(
                 false
             }
         });
-        // The registry: unknown devices registered or refused, a site-bound token
-        // confined to its site's devices, last-seen noted.
-        devices.admit(&mut lines, &mut rejected, site);
+        // The registry: unknown devices refused (in `reject` mode), a site-bound token
+        // confined to its site's devices. Nothing is registered or noted yet.
+        devices.check(&mut lines, &mut rejected, site);
         let (batch, invalid) = store.validate(lines);
         rejected.extend(invalid);
         // Parse and validation errors arrive in two runs; the client reads one list.
         rejected.sort_by_key(|e| e.line);
-        // The WAL record and the Arrow columns are built here, on this request's
-        // thread, so the single WAL writer only writes and fsyncs.
         let batch = if rejected.is_empty() || options.accept_partial {
+            // Only the rows stored register their unknown devices and count as signs
+            // of life. (Should the store then refuse the batch, busy or shutting down,
+            // the client is told to retry it.)
+            devices.note_stored(&batch, site);
+            // The WAL record and the Arrow columns are built here, on this request's
+            // thread, so the single WAL writer only writes and fsyncs.
             store.prepare(batch)?
         } else {
             PreparedWrite::default()
@@ -356,7 +360,134 @@ fn now_ns() -> i64 {
 
 #[cfg(test)]
 mod tests {
+    use axum::body::Body;
+    use axum::http::Request;
+    use bytesize::ByteSize;
+    use crm::{DeviceKind, NewDevice, Role, TokenScope};
+
     use super::*;
+    use crate::testing::{Answer, TestApp};
+
+    async fn post(app: &TestApp, uri: &str, token: Option<&str>, body: &str) -> Answer {
+        let mut request = Request::post(uri);
+        if let Some(token) = token {
+            request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        app.send(request.body(Body::from(body.to_owned())).unwrap())
+            .await
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn rows_that_are_not_stored_register_no_device_and_note_no_time() {
+        let app = TestApp::open(ByteSize::mib(1)).await;
+        let registry = app.state.devices();
+        let known = app
+            .crm
+            .devices()
+            .create(NewDevice::new(DeviceKind::Meter, "known"))
+            .await
+            .unwrap();
+        registry.stored(&known);
+        let t = 1_700_000_000;
+
+        // All or nothing, and one line is bad: nothing is stored, so nothing counts.
+        let answer = post(
+            &app,
+            "/api/v3/write_lp?accept_partial=false&precision=s",
+            None,
+            &format!(
+                "meter,device_id=new-1 power_w=1 {t}\nmeter,device_id=known power_w=2 {t}\n\
+                 not line protocol\n"
+            ),
+        )
+        .await;
+        assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{}", answer.text());
+        assert_eq!(registry.site_of("new-1"), None, "not registered");
+        assert!(registry.queued().is_empty());
+        assert_eq!(registry.noted_seen("known"), None, "not heard from");
+
+        // A row the store refuses (text where the column is a number) registers
+        // nothing; the row stored beside it does.
+        let answer = post(
+            &app,
+            "/api/v3/write_lp?precision=s",
+            None,
+            &format!("plc,device_id=plc-1 x=1 {t}\n"),
+        )
+        .await;
+        assert_eq!(answer.status, StatusCode::NO_CONTENT, "{}", answer.text());
+        let answer = post(
+            &app,
+            "/api/v3/write_lp?precision=s",
+            None,
+            &format!("plc,device_id=plc-2 x=\"one\" {t}\nmeter,device_id=known power_w=3 {t}\n"),
+        )
+        .await;
+        assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{}", answer.text());
+        assert_eq!(answer.json()["rejected"][0]["line"], 1, "{}", answer.text());
+        assert_eq!(registry.site_of("plc-2"), None, "not registered");
+        assert_eq!(
+            registry.site_of("plc-1"),
+            Some(None),
+            "registered unassigned"
+        );
+        assert_eq!(registry.queued(), [("plc-1".to_owned(), None)]);
+        assert_eq!(registry.noted_seen("known"), Some(t * 1000));
+        app.finish().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_gateway_token_writes_for_its_sites_devices_and_registers_new_ones_there() {
+        let app = TestApp::new().await;
+        let (owner, _) = app.user(Role::Customer, "owner@example.com").await;
+        let (_, home) = app.home(&owner, "ACC-1").await;
+        let (_, other) = app.home(&owner, "ACC-2").await;
+        for (device_id, site) in [
+            ("mine", Some(home.id)),
+            ("theirs", Some(other.id)),
+            ("loose", None),
+        ] {
+            let mut new = NewDevice::new(DeviceKind::Meter, device_id);
+            new.site_id = site;
+            let device = app.crm.devices().create(new).await.unwrap();
+            app.state.devices().stored(&device);
+        }
+        let (_, token) = app.token(TokenScope::Write, Some(home.id)).await;
+        let t = 1_700_000_000;
+        let answer = post(
+            &app,
+            "/api/v3/write_lp?precision=s",
+            Some(&token),
+            &format!(
+                "meter,device_id=mine power_w=1 {t}\nmeter,device_id=theirs power_w=2 {t}\n\
+                 meter,device_id=loose power_w=3 {t}\nmeter,device_id=new power_w=4 {t}\n"
+            ),
+        )
+        .await;
+        assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{}", answer.text());
+        let body = answer.json();
+        let rejected = body["rejected"].as_array().unwrap();
+        let lines: Vec<_> = rejected
+            .iter()
+            .map(|r| r["line"].as_i64().unwrap())
+            .collect();
+        assert_eq!(lines, [2, 3], "{body}");
+        for (r, device_id) in rejected.iter().zip(["theirs", "loose"]) {
+            assert_eq!(
+                r["reason"],
+                format!(
+                    "device \"{device_id}\" is not a device of site {0}; a token bound to site \
+                     {0} writes only for its site's devices",
+                    home.id
+                ),
+                "{body}"
+            );
+        }
+        let registry = app.state.devices();
+        assert_eq!(registry.site_of("new"), Some(Some(home.id)));
+        assert_eq!(registry.queued(), [("new".to_owned(), Some(home.id))]);
+        app.finish().await;
+    }
 
     fn params(query: &str) -> WriteParams {
         let uri: axum::http::Uri = format!("/write?{query}").parse().expect("uri");

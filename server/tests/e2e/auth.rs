@@ -991,6 +991,85 @@ async fn unknown_devices_are_rejected_when_configured() {
     seen.assert_no_secrets(&[]);
 }
 
+/// A gateway's token writes for its site's devices, registers the new devices it writes
+/// for on its own site, and is refused another site's device and an unassigned one
+/// with one answer.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_gateway_registers_new_devices_on_its_site_and_writes_for_no_other() {
+    let server = Server::start().await;
+    let seen = Seen::default();
+    let admin = Caller::bearer(&server, &seen, server.admin_token());
+    let home = Customer::create(&admin, "gina").await;
+    let neighbour = Customer::create(&admin, "nick").await;
+    admin
+        .create(
+            "/api/v1/devices",
+            json!({"kind": "meter", "device_id": "loose-1"}),
+        )
+        .await;
+    let site = home.site.to_string();
+    let token = server
+        .create_token(&["--scope", "write", "--site-id", &site])
+        .await;
+    let gateway = Caller::influx_token(&server, &seen, &token);
+    let t = now_s();
+    let (status, body) = gateway
+        .write(
+            "/api/v2/write?precision=s",
+            &format!(
+                "meter,device_id={} power_w=1 {t}\nmeter,device_id=meter-new power_w=2 {t}\n\
+                 meter,device_id={} power_w=3 {t}\nmeter,device_id=loose-1 power_w=4 {t}",
+                home.device_id, neighbour.device_id
+            ),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let error = parse_error(&body);
+    let rejected = error["rejected"].as_array().expect("rejected lines");
+    let lines: Vec<i64> = rejected
+        .iter()
+        .map(|r| r["line"].as_i64().expect("line"))
+        .collect();
+    assert_eq!(lines, [3, 4], "{body}");
+    let reason = |i: usize| rejected[i]["reason"].as_str().expect("reason");
+    assert!(reason(0).contains(&neighbour.device_id), "{body}");
+    assert_eq!(
+        reason(0).replace(&neighbour.device_id, "loose-1"),
+        reason(1),
+        "another site's device and an unassigned one get the same answer: {body}"
+    );
+    assert_eq!(
+        server.count("meter").await,
+        2,
+        "the site's meter and the new one"
+    );
+
+    // The new device is registered on the gateway's site.
+    let started = Instant::now();
+    loop {
+        let on_site = admin
+            .items(&format!("/api/v1/devices?site_id={}", home.site))
+            .await;
+        if on_site.iter().any(|d| d["device_id"] == "meter-new") {
+            break;
+        }
+        assert!(
+            started.elapsed() < WAIT,
+            "meter-new must be registered on site {} within {WAIT:?}: {on_site:?}",
+            home.site
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let unassigned = admin.items("/api/v1/devices?unassigned=true").await;
+    let unassigned: Vec<&str> = unassigned
+        .iter()
+        .map(|d| d["device_id"].as_str().expect("device_id"))
+        .collect();
+    assert_eq!(unassigned, ["loose-1"], "nothing registered unassigned");
+
+    seen.assert_no_secrets(&[&home.password, &neighbour.password]);
+}
+
 /// `/api/v1/openapi.json` is public and a valid OpenAPI document by
 /// `openapi-spec-validator`, an implementation that is not ours.
 #[tokio::test(flavor = "multi_thread")]

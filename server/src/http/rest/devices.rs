@@ -95,8 +95,12 @@ pub(crate) async fn create_device(
     State(state): State<AppState>,
     JsonBody(new): JsonBody<NewDevice>,
 ) -> Result<(StatusCode, Json<Device>), ApiError> {
-    let device = state.crm().devices().create(new).await?;
-    state.devices().set(&device.device_id, device.site_id);
+    let device = to_the_end(async move {
+        let device = state.crm().devices().create(new).await?;
+        state.devices().stored(&device);
+        Ok(device)
+    })
+    .await?;
     tracing::info!(device_id = %device.device_id, site_id = ?device.site_id, "device registered");
     Ok((StatusCode::CREATED, Json(device)))
 }
@@ -162,14 +166,18 @@ pub(crate) async fn update_device(
     Id(id): Id,
     JsonBody(new): JsonBody<NewDevice>,
 ) -> Result<Json<Device>, ApiError> {
-    let devices = state.crm().devices();
-    let before = devices.get(id).await?;
-    let device = devices.update(id, new).await?;
-    if before.device_id != device.device_id {
-        // The telemetry id changed: readings under the old one are unknown now.
-        state.devices().remove(&before.device_id);
-    }
-    state.devices().set(&device.device_id, device.site_id);
+    let device = to_the_end(async move {
+        let devices = state.crm().devices();
+        let before = devices.get(id).await?;
+        let device = devices.update(id, new).await?;
+        if before.device_id != device.device_id {
+            // The telemetry id changed: readings under the old one are unknown now.
+            state.devices().renamed(&before.device_id, &device);
+        }
+        state.devices().stored(&device);
+        Ok(device)
+    })
+    .await?;
     tracing::info!(device_id = %device.device_id, site_id = ?device.site_id, "device updated");
     Ok(Json(device))
 }
@@ -192,12 +200,26 @@ pub(crate) async fn delete_device(
     State(state): State<AppState>,
     Id(id): Id,
 ) -> Result<StatusCode, ApiError> {
-    let devices = state.crm().devices();
-    let device = devices.get(id).await?;
-    devices.delete(id).await?;
-    state.devices().remove(&device.device_id);
+    let device = to_the_end(async move {
+        let devices = state.crm().devices();
+        let device = devices.get(id).await?;
+        devices.delete(id).await?;
+        state.devices().deleted(&device);
+        Ok(device)
+    })
+    .await?;
     tracing::info!(device_id = %device.device_id, "device removed");
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Runs a change of the side store and the registry cache update that follows it on a
+/// task of its own, awaited here: a client that goes away drops this handler's future
+/// at any await, and between the commit and the cache update that would leave the
+/// write path with the old state (until the next reload).
+async fn to_the_end<T: Send + 'static>(
+    change: impl Future<Output = Result<T, ApiError>> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::spawn(change).await?
 }
 
 /// Reloads the registry cache after a delete whose cascade unassigned devices (a user,
@@ -205,4 +227,77 @@ pub(crate) async fn delete_device(
 pub(super) async fn reload_registry(state: &AppState) -> Result<(), ApiError> {
     state.devices().reload().await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::pin::pin;
+    use std::task::{Context, Waker};
+    use std::time::Duration;
+
+    use crm::Role;
+
+    use super::*;
+    use crate::testing::TestApp;
+
+    /// Polls `change` once, as a server does before the client goes away, and drops it.
+    fn abandon<T>(change: impl Future<Output = T>) {
+        let mut change = pin!(change);
+        let poll = change
+            .as_mut()
+            .poll(&mut Context::from_waker(Waker::noop()));
+        assert!(poll.is_pending(), "the change waits for the side store");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_change_whose_client_went_away_reaches_the_store_and_the_cache() {
+        let app = TestApp::new().await;
+        let (owner, _) = app.user(Role::Customer, "owner@example.com").await;
+        let (_, home) = app.home(&owner, "ACC-1").await;
+        let registry = app.state.devices();
+        let device = || NewDevice::new(DeviceKind::Meter, "m-1");
+
+        abandon(create_device(State(app.state.clone()), JsonBody(device())));
+        let mut assigned = device();
+        assigned.site_id = Some(home.id);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let id = loop {
+            if let Some(made) = app.crm.devices().get_by_device_id("m-1").await.unwrap()
+                && registry.site_of("m-1") == Some(None)
+            {
+                break made.id;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "not created");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+
+        abandon(update_device(
+            State(app.state.clone()),
+            Id(id),
+            JsonBody(assigned),
+        ));
+        loop {
+            let stored = app.crm.devices().get(id).await.unwrap();
+            if stored.site_id == Some(home.id) && registry.site_of("m-1") == Some(Some(home.id)) {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the store and the cache must both have the assignment: {stored:?}, {:?}",
+                registry.site_of("m-1")
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+
+        abandon(delete_device(State(app.state.clone()), Id(id)));
+        loop {
+            let stored = app.crm.devices().get_by_device_id("m-1").await.unwrap();
+            if stored.is_none() && registry.site_of("m-1").is_none() {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "not deleted");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        app.finish().await;
+    }
 }

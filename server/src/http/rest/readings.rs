@@ -7,6 +7,10 @@
 //! that exists and has a `device_id` column, quoted as an identifier; device ids and
 //! times as escaped literals) and run through the engine's read-only path with its
 //! timeout.
+//!
+//! A device that came from another site (the registry's `assigned_ms`) contributes only
+//! the rows from its arrival on: the readings before belong to the previous site's
+//! customer, who must not show up in the new one's portal.
 
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -105,27 +109,27 @@ pub(crate) async fn site_readings(
     visible_site(state.crm(), &caller, site_id).await?;
     let checked = check(&state, &query, Utc::now())?;
 
-    let mut device_ids = site_devices(&state, site_id).await?;
+    let mut devices = site_devices(&state, site_id, checked.from).await?;
     if let Some(wanted) = &query.device_id {
-        if !device_ids.contains(wanted) {
+        devices.retain(|d| d.device_id == *wanted);
+        if devices.is_empty() {
             return Err(missing("device", format!("{wanted:?} on site {site_id}")));
         }
-        device_ids = vec![wanted.clone()];
     }
     let mut readings = Readings {
         site_id,
         table: query.table.clone(),
         from: rfc3339(checked.from),
         to: rfc3339(checked.to),
-        device_ids,
+        device_ids: devices.iter().map(|d| d.device_id.clone()).collect(),
         limit: checked.limit,
         truncated: false,
         rows: Vec::new(),
     };
-    if readings.device_ids.is_empty() {
+    if devices.is_empty() {
         return Ok(Json(readings));
     }
-    let sql = statement(&readings);
+    let sql = statement(&readings, &devices);
     tracing::debug!(site_id, table = %readings.table, devices = readings.device_ids.len(), "site readings");
     let output = state.engine().sql(&sql).await?;
     let encoded =
@@ -200,43 +204,89 @@ fn field_error(field: &str, message: String) -> FieldError {
     }
 }
 
-/// The telemetry ids of every device registered on the site.
-async fn site_devices(state: &AppState, site_id: i64) -> Result<Vec<String>, ApiError> {
+/// A device of the site, and from when its readings are the site's.
+#[derive(Debug)]
+struct SiteDevice {
+    /// The telemetry `device_id`.
+    device_id: String,
+    /// Rows before this time belong to a site the device left; `None` when every row
+    /// in the window is this site's.
+    since: Option<DateTime<Utc>>,
+}
+
+/// Every device registered on the site; a `since` at or before `from` (the window's
+/// start) is dropped, as it would hide nothing.
+async fn site_devices(
+    state: &AppState,
+    site_id: i64,
+    from: DateTime<Utc>,
+) -> Result<Vec<SiteDevice>, ApiError> {
     let filter = DeviceFilter {
         site: Some(SiteAssignment::Site(site_id)),
         ..DeviceFilter::default()
     };
-    let mut ids = Vec::new();
+    let mut found = Vec::new();
     let mut page = Page::first(Page::MAX_LIMIT);
     loop {
         let devices = state.crm().devices().list(&filter, page).await?;
         let full = devices.len() >= usize::try_from(Page::MAX_LIMIT).unwrap_or(usize::MAX);
-        ids.extend(devices.into_iter().map(|d| d.device_id));
+        for d in devices {
+            // The store's own clock wrote it; out of range means a damaged row.
+            let since = d
+                .assigned_ms
+                .map(|ms| {
+                    DateTime::from_timestamp_millis(ms).ok_or_else(|| {
+                        ApiError::internal(std::io::Error::other(format!(
+                            "device {:?} has assigned_ms {ms}, out of range",
+                            d.device_id
+                        )))
+                    })
+                })
+                .transpose()?;
+            found.push(SiteDevice {
+                device_id: d.device_id,
+                since: since.filter(|t| *t > from),
+            });
+        }
         if !full {
-            return Ok(ids);
+            return Ok(found);
         }
         page.offset += u64::from(Page::MAX_LIMIT);
     }
 }
 
-/// The statement for `readings`: every part is either checked (the table exists) and
-/// quoted, or a literal we escape, so no request text reaches SQL unquoted.
-fn statement(readings: &Readings) -> String {
-    let mut devices = String::new();
-    for (i, id) in readings.device_ids.iter().enumerate() {
-        if i > 0 {
-            devices.push_str(", ");
+/// The statement for `readings` of `devices` (not empty): every part is either checked
+/// (the table exists) and quoted, or a literal we escape, so no request text reaches
+/// SQL unquoted. Devices with all their rows in one `IN` list, each device that came
+/// from another site with its own `(device = .. AND time >= since)`.
+fn statement(readings: &Readings, devices: &[SiteDevice]) -> String {
+    let device = identifier(DEVICE_COLUMN);
+    let time = identifier(TIME_COLUMN);
+    let mut whole = Vec::new();
+    let mut alternatives = Vec::new();
+    for d in devices {
+        match d.since {
+            None => whole.push(literal(&d.device_id)),
+            Some(since) => alternatives.push(format!(
+                "({device} = {} AND {time} >= {})",
+                literal(&d.device_id),
+                literal(&rfc3339(since))
+            )),
         }
-        devices.push_str(&literal(id));
     }
+    if !whole.is_empty() {
+        alternatives.insert(0, format!("{device} IN ({})", whole.join(", ")));
+    }
+    let devices = match alternatives.as_slice() {
+        [one] => one.clone(),
+        _ => format!("({})", alternatives.join(" OR ")),
+    };
     let mut sql = String::new();
     let _ = write!(
         sql,
-        "SELECT * FROM {table} WHERE {device} IN ({devices}) \
+        "SELECT * FROM {table} WHERE {devices} \
          AND {time} >= {from} AND {time} < {to} ORDER BY {time}, {device} LIMIT {limit}",
         table = identifier(&readings.table),
-        device = identifier(DEVICE_COLUMN),
-        time = identifier(TIME_COLUMN),
         from = literal(&readings.from),
         to = literal(&readings.to),
         limit = readings.limit,
@@ -262,21 +312,58 @@ fn rfc3339(t: DateTime<Utc>) -> String {
 mod tests {
     use super::*;
 
-    #[test]
-    fn statement_quotes_and_escapes_every_part() {
-        let readings = Readings {
+    fn readings() -> Readings {
+        Readings {
             site_id: 1,
             table: "met\"er".to_owned(),
             from: "2026-01-01T00:00:00Z".to_owned(),
             to: "2026-01-02T00:00:00Z".to_owned(),
-            device_ids: vec!["a".to_owned(), "b' OR '1'='1".to_owned()],
+            device_ids: Vec::new(),
             limit: 5,
             truncated: false,
             rows: Vec::new(),
-        };
+        }
+    }
+
+    fn device(device_id: &str, since_ms: Option<i64>) -> SiteDevice {
+        SiteDevice {
+            device_id: device_id.to_owned(),
+            since: since_ms.map(|ms| DateTime::from_timestamp_millis(ms).unwrap()),
+        }
+    }
+
+    #[test]
+    fn statement_quotes_and_escapes_every_part() {
+        let devices = [device("a", None), device("b' OR '1'='1", None)];
         assert_eq!(
-            statement(&readings),
+            statement(&readings(), &devices),
             "SELECT * FROM \"met\"\"er\" WHERE \"device_id\" IN ('a', 'b'' OR ''1''=''1') \
+             AND \"time\" >= '2026-01-01T00:00:00Z' AND \"time\" < '2026-01-02T00:00:00Z' \
+             ORDER BY \"time\", \"device_id\" LIMIT 5"
+        );
+    }
+
+    /// A device that came from another site reads only from its arrival (12:00:00.250
+    /// on 2026-01-01), beside the site's other devices' whole window.
+    #[test]
+    fn statement_starts_a_moved_device_at_its_arrival() {
+        let arrived = Some(1_767_268_800_250);
+        let devices = [
+            device("a", None),
+            device("m' OR '1'='1", arrived),
+            device("c", None),
+        ];
+        assert_eq!(
+            statement(&readings(), &devices),
+            "SELECT * FROM \"met\"\"er\" WHERE (\"device_id\" IN ('a', 'c') \
+             OR (\"device_id\" = 'm'' OR ''1''=''1' AND \"time\" >= '2026-01-01T12:00:00.250Z')) \
+             AND \"time\" >= '2026-01-01T00:00:00Z' AND \"time\" < '2026-01-02T00:00:00Z' \
+             ORDER BY \"time\", \"device_id\" LIMIT 5"
+        );
+        assert_eq!(
+            statement(&readings(), &[device("m", arrived)]),
+            "SELECT * FROM \"met\"\"er\" WHERE (\"device_id\" = 'm' \
+             AND \"time\" >= '2026-01-01T12:00:00.250Z') \
              AND \"time\" >= '2026-01-01T00:00:00Z' AND \"time\" < '2026-01-02T00:00:00Z' \
              ORDER BY \"time\", \"device_id\" LIMIT 5"
         );

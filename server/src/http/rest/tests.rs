@@ -971,6 +971,143 @@ async fn site_readings_are_the_sites_devices_and_scoped() {
     app.finish().await;
 }
 
+/// A meter that moves from Alice's site to Bob's (a house sale): Bob's portal shows only
+/// the readings from its arrival on, Alice's none of it any more, and staff SQL all.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_moved_device_shows_the_new_site_only_its_new_readings() {
+    let app = TestApp::new().await;
+    let (_, admin_token) = app.user(Role::Admin, "admin@example.com").await;
+    let admin = Some(admin_token.as_str());
+    let (alice_user, alice_token) = app.user(Role::Customer, "alice@example.com").await;
+    let (bob_user, bob_token) = app.user(Role::Customer, "bob@example.com").await;
+    let (alice, bob) = (Some(alice_token.as_str()), Some(bob_token.as_str()));
+    let (_, alice_site) = app.home(&alice_user, "ACC-A").await;
+    let (_, bob_site) = app.home(&bob_user, "ACC-B").await;
+    let mut mover = 0;
+    for (device, site) in [("mover", alice_site.id), ("b-meter", bob_site.id)] {
+        let answer = app
+            .call(
+                "POST",
+                "/api/v1/devices",
+                admin,
+                Some(json!({"kind": "meter", "device_id": device, "site_id": site})),
+            )
+            .await;
+        assert_eq!(answer.status, StatusCode::CREATED, "{}", answer.text());
+        assert_eq!(answer.json()["assigned_ms"], Value::Null);
+        if device == "mover" {
+            mover = answer.json()["id"].as_i64().unwrap();
+        }
+    }
+    // Alice's and Bob's own history, 2026-01-01T00:00:00Z.
+    write(
+        &app,
+        &admin_token,
+        "meter,device_id=mover power=1 1767225600\n\
+         meter,device_id=b-meter power=3 1767225600\n",
+    )
+    .await;
+
+    let answer = app
+        .call(
+            "PUT",
+            &format!("/api/v1/devices/{mover}"),
+            admin,
+            Some(json!({"kind": "meter", "device_id": "mover", "site_id": bob_site.id})),
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+    let moved_ms = answer.json()["assigned_ms"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("no assigned_ms: {}", answer.text()));
+    // One of Alice's readings arriving late (a gateway's buffer), then Bob's.
+    let moved_s = moved_ms.div_euclid(1000);
+    write(
+        &app,
+        &admin_token,
+        &format!(
+            "meter,device_id=mover power=2 {}\n\
+             meter,device_id=mover power=10 {}\n\
+             meter,device_id=mover power=11 {}\n",
+            moved_s - 1,
+            moved_s + 1,
+            moved_s + 2
+        ),
+    )
+    .await;
+
+    let to = chrono::DateTime::from_timestamp_millis(moved_ms + 3_600_000)
+        .unwrap()
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let uri = |site: i64, extra: &str| {
+        format!(
+            "/api/v1/sites/{site}/readings?table=meter&from=2026-01-01T00:00:00Z&to={to}{extra}"
+        )
+    };
+    let rows = |body: &Value| -> Vec<(String, f64)> {
+        body["rows"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no rows: {body}"))
+            .iter()
+            .map(|r| {
+                (
+                    r["device_id"].as_str().unwrap().to_owned(),
+                    r["power"].as_f64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    let owned = |items: &[(&str, f64)]| -> Vec<(String, f64)> {
+        items.iter().map(|(d, p)| ((*d).to_owned(), *p)).collect()
+    };
+
+    // Bob: his own meter's whole history, the mover's only from its arrival.
+    let answer = app.call("GET", &uri(bob_site.id, ""), bob, None).await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+    assert_eq!(
+        rows(&answer.json()),
+        owned(&[("b-meter", 3.0), ("mover", 10.0), ("mover", 11.0)])
+    );
+    let answer = app
+        .call("GET", &uri(bob_site.id, "&device_id=mover"), bob, None)
+        .await;
+    assert_eq!(
+        rows(&answer.json()),
+        owned(&[("mover", 10.0), ("mover", 11.0)])
+    );
+
+    // Alice: the meter is not hers any more, old readings included.
+    let answer = app.call("GET", &uri(alice_site.id, ""), alice, None).await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+    assert_eq!(
+        (
+            answer.json()["rows"].clone(),
+            answer.json()["device_ids"].clone()
+        ),
+        (json!([]), json!([]))
+    );
+    let answer = app
+        .call("GET", &uri(alice_site.id, "&device_id=mover"), alice, None)
+        .await;
+    assert_eq!(answer.status, StatusCode::NOT_FOUND, "{}", answer.text());
+
+    // Staff reading the table through SQL see every row.
+    let answer = app
+        .call(
+            "POST",
+            "/api/v1/sql",
+            admin,
+            Some(json!({"sql": "SELECT power FROM meter WHERE device_id = 'mover' ORDER BY time"})),
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+    assert_eq!(
+        answer.json(),
+        json!([{"power": 1.0}, {"power": 2.0}, {"power": 10.0}, {"power": 11.0}])
+    );
+    app.finish().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn openapi_document_is_public_json() {
     let app = TestApp::new().await;

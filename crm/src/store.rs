@@ -1,6 +1,6 @@
 //! Opening the store: backend choice, pool, pragmas, migrations.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
@@ -112,6 +112,33 @@ fn postgres_options(url: &str) -> Result<AnyConnectOptions> {
     Ok(AnyConnectOptions::from_url(&parsed)?)
 }
 
+/// Takes an exclusive lock on `<file>.migrate-lock`, waiting for another process that
+/// holds it; released when the returned file is dropped.
+async fn lock_file(file: &Path) -> Result<std::fs::File> {
+    let mut path = file.as_os_str().to_owned();
+    path.push(".migrate-lock");
+    let path = PathBuf::from(path);
+    tokio::task::spawn_blocking(move || {
+        let io = |source| Error::Io {
+            path: path.clone(),
+            source,
+        };
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io)?;
+        lock.lock().map_err(io)?;
+        Ok(lock)
+    })
+    .await
+    .map_err(|e| Error::Io {
+        path: file.to_owned(),
+        source: std::io::Error::other(e),
+    })?
+}
+
 /// The file name of the default SQLite store inside the data directory.
 pub const SQLITE_FILE: &str = "crm.sqlite";
 
@@ -149,6 +176,8 @@ impl Crm {
         // Idempotent (guarded by a `Once` inside sqlx).
         sqlx::any::install_default_drivers();
 
+        // The SQLite file, when there is one: migrations take a lock beside it.
+        let mut sqlite_file: Option<PathBuf> = None;
         let (backend, options) = match config.url.as_deref() {
             None => {
                 std::fs::create_dir_all(data_dir).map_err(|source| Error::Io {
@@ -158,13 +187,21 @@ impl Crm {
                 let sqlite = SqliteConnectOptions::new()
                     .filename(data_dir.join(SQLITE_FILE))
                     .create_if_missing(true);
+                sqlite_file = Some(data_dir.join(SQLITE_FILE));
                 let url = sqlite.to_url_lossy();
                 (Backend::Sqlite, AnyConnectOptions::from_url(&url)?)
             }
             Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
                 (Backend::Postgres, postgres_options(url)?)
             }
-            Some(url) if url.starts_with("sqlite:") => (Backend::Sqlite, sqlite_options(url)?),
+            Some(url) if url.starts_with("sqlite:") => {
+                sqlite_file = url
+                    .parse::<SqliteConnectOptions>()
+                    .ok()
+                    .map(|o| o.get_filename().to_owned())
+                    .filter(|f| !f.as_os_str().is_empty() && f != Path::new(":memory:"));
+                (Backend::Sqlite, sqlite_options(url)?)
+            }
             Some(_) => {
                 return Err(Error::invalid(
                     "url",
@@ -184,10 +221,19 @@ impl Crm {
                 .execute(&pool)
                 .await?;
         }
+        // sqlx's migrator locks PostgreSQL (an advisory lock) but not SQLite: two
+        // processes opening a new file at once (`gridlake serve` and `gridlake user
+        // create`) would both apply migration 1, and one would fail. A file lock beside
+        // the database serialises them; the second finds the schema current.
+        let lock = match &sqlite_file {
+            Some(file) => Some(lock_file(file).await?),
+            None => None,
+        };
         migrator(backend)
             .run(&pool)
             .await
             .map_err(|e| Error::Database(e.into()))?;
+        drop(lock);
         tracing::info!(?backend, "crm side store open");
         Ok(Self {
             pool,

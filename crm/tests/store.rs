@@ -129,3 +129,25 @@ fn config_last_seen_interval_is_humantime_and_round_trips() {
     // Debug, which reaches logs, hides it.
     assert!(!format!("{config:?}").contains("s3cret"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_opens_of_a_new_file_all_succeed() {
+    // `gridlake serve` and `gridlake user create` starting on a fresh data directory at
+    // once: both migrate the new file; neither may fail.
+    for round in 0..5 {
+        let dir = tempfile::tempdir().unwrap();
+        let opens: Vec<_> = (0..4)
+            .map(|_| {
+                let path = dir.path().to_owned();
+                tokio::spawn(async move { crm::Crm::open(&CrmConfig::default(), &path).await })
+            })
+            .collect();
+        for open in opens {
+            let crm = open
+                .await
+                .unwrap()
+                .unwrap_or_else(|e| panic!("round {round}: {e}"));
+            crm.close().await;
+        }
+    }
+}

@@ -13,6 +13,8 @@
 # it with --server-pid (CPU and RSS from /proc), then stops it with SIGTERM
 # (--stop-server: servers flush on shutdown) and measures the data directory.
 # SERVERS picks and orders the servers; KEEP=1 keeps the scratch directory.
+# `gridlake-open` is gridlake with auth.enabled = false and no token: beside `gridlake`
+# (token, registry lookups, last-seen) it measures what access control costs a write.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -34,7 +36,7 @@ need "$LOAD_BIN" "cargo build --release -p benches, or set LOAD_BIN"
 need python3 "used to find free ports"
 for server in $SERVERS; do
     case $server in
-        gridlake) need "$GRIDLAKE_BIN" "cargo build --release -p server, or set GRIDLAKE_BIN" ;;
+        gridlake | gridlake-open) need "$GRIDLAKE_BIN" "cargo build --release -p server, or set GRIDLAKE_BIN" ;;
         victoriametrics) need "$VM_BIN" "Debian package victoria-metrics, or set VM_BIN" ;;
         influxdb) need "$INFLUXD_BIN" "Debian package influxdb, or set INFLUXD_BIN" ;;
         *) echo "compare.sh: unknown server $server in SERVERS" >&2; exit 1 ;;
@@ -87,6 +89,12 @@ start_server() {
             load_env=(GRIDLAKE_TOKEN="$token")
             "$GRIDLAKE_BIN" serve --data-dir "$data_dir" --http-addr "127.0.0.1:$port" \
                 > "$work/$1.log" 2>&1 &
+            ;;
+        gridlake-open)
+            target=gridlake
+            echo "gridlake-open: $GRIDLAKE_BIN with auth.enabled = false"
+            GRIDLAKE_AUTH_ENABLED=false "$GRIDLAKE_BIN" serve --data-dir "$data_dir" \
+                --http-addr "127.0.0.1:$port" > "$work/$1.log" 2>&1 &
             ;;
         victoriametrics)
             target=victoriametrics

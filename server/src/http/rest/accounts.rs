@@ -162,9 +162,13 @@ pub(crate) async fn delete_account(
     State(state): State<AppState>,
     Id(id): Id,
 ) -> Result<StatusCode, ApiError> {
-    state.crm().accounts().delete(id).await?;
-    tracing::info!(account_id = id, "account deleted");
-    // The cascade unassigned the devices of the account's sites.
-    super::devices::reload_registry(&state).await?;
+    // The delete and the cache reload finish together even if the client goes.
+    super::devices::to_the_end(async move {
+        state.crm().accounts().delete(id).await?;
+        tracing::info!(account_id = id, "account deleted");
+        // The cascade unassigned the devices of the account's sites.
+        super::devices::reload_registry(&state).await
+    })
+    .await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -216,7 +216,7 @@ pub(crate) async fn delete_device(
 /// task of its own, awaited here: a client that goes away drops this handler's future
 /// at any await, and between the commit and the cache update that would leave the
 /// write path with the old state (until the next reload).
-async fn to_the_end<T: Send + 'static>(
+pub(super) async fn to_the_end<T: Send + 'static>(
     change: impl Future<Output = Result<T, ApiError>> + Send + 'static,
 ) -> Result<T, ApiError> {
     tokio::spawn(change).await?

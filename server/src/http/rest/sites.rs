@@ -151,8 +151,12 @@ pub(crate) async fn delete_site(
     State(state): State<AppState>,
     Id(id): Id,
 ) -> Result<StatusCode, ApiError> {
-    state.crm().sites().delete(id).await?;
-    tracing::info!(site_id = id, "site deleted");
-    super::devices::reload_registry(&state).await?;
+    // The delete and the cache reload finish together even if the client goes.
+    super::devices::to_the_end(async move {
+        state.crm().sites().delete(id).await?;
+        tracing::info!(site_id = id, "site deleted");
+        super::devices::reload_registry(&state).await
+    })
+    .await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -150,9 +150,13 @@ pub(crate) async fn delete_user(
     State(state): State<AppState>,
     Id(id): Id,
 ) -> Result<StatusCode, ApiError> {
-    state.crm().users().delete(id).await?;
-    tracing::info!(user_id = id, "user deleted");
-    // The cascade unassigned the devices of the user's sites.
-    super::devices::reload_registry(&state).await?;
+    // The delete and the cache reload finish together even if the client goes.
+    super::devices::to_the_end(async move {
+        state.crm().users().delete(id).await?;
+        tracing::info!(user_id = id, "user deleted");
+        // The cascade unassigned the devices of the user's sites.
+        super::devices::reload_registry(&state).await
+    })
+    .await?;
     Ok(StatusCode::NO_CONTENT)
 }

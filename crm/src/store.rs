@@ -209,6 +209,15 @@ impl Crm {
                 ));
             }
         };
+        // sqlx's migrator locks PostgreSQL (an advisory lock) but not SQLite: two
+        // processes opening a new file at once (`gridlake serve` and `gridlake user
+        // create`) would both apply migration 1, and one would fail; switching the new
+        // file to WAL at the same time fails with "database is locked". A file lock
+        // beside the database serialises both; the second finds the file set up.
+        let lock = match &sqlite_file {
+            Some(file) => Some(lock_file(file).await?),
+            None => None,
+        };
         // sqlx's SQLite defaults already turn foreign keys on and wait 5 s on a busy
         // database; WAL lets the API read while ingest updates last-seen times.
         let pool = AnyPoolOptions::new()
@@ -221,14 +230,6 @@ impl Crm {
                 .execute(&pool)
                 .await?;
         }
-        // sqlx's migrator locks PostgreSQL (an advisory lock) but not SQLite: two
-        // processes opening a new file at once (`gridlake serve` and `gridlake user
-        // create`) would both apply migration 1, and one would fail. A file lock beside
-        // the database serialises them; the second finds the schema current.
-        let lock = match &sqlite_file {
-            Some(file) => Some(lock_file(file).await?),
-            None => None,
-        };
         migrator(backend)
             .run(&pool)
             .await

@@ -16,7 +16,8 @@ pub struct FieldError {
 }
 
 impl FieldError {
-    pub(crate) fn new(field: &str, message: impl Into<String>) -> Self {
+    /// `field` is invalid because of `message`.
+    pub fn new(field: &str, message: impl Into<String>) -> Self {
         Self {
             field: field.to_owned(),
             message: message.into(),

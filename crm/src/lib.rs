@@ -45,11 +45,11 @@ pub use devices::{
 };
 pub use error::{Error, FieldError, Result};
 pub use login_attempts::LoginAttempts;
-pub use sessions::{Session, Sessions};
+pub use sessions::{SESSION_PREFIX, Session, Sessions};
 pub use sites::{NewSite, PropertyType, Site, SiteFilter, Sites};
 pub use sql::Page;
 pub use store::{Backend, Crm, SQLITE_FILE};
-pub use tokens::{ApiToken, ApiTokens, NewApiToken, TokenScope};
+pub use tokens::{API_TOKEN_PREFIX, ApiToken, ApiTokens, NewApiToken, TokenScope};
 pub use users::{NewUser, Role, User, UserFilter, UserUpdate, Users};
 
 /// A name that is not one of an enumeration's values.

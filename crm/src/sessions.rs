@@ -11,8 +11,9 @@ use crate::sql::query;
 use crate::store::Crm;
 use crate::tokens::{digest, generate};
 
-/// Prefix of session tokens (distinct from API tokens' `glk_`).
-const SESSION_PREFIX: &str = "gls_";
+/// Prefix of session tokens (distinct from API tokens' `glk_`): the server tells the two
+/// apart by it.
+pub const SESSION_PREFIX: &str = "gls_";
 
 /// A session as stored (the plain token is not).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

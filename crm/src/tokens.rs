@@ -13,7 +13,7 @@ use crate::store::Crm;
 use crate::validate::Checks;
 
 /// Prefix of API tokens, so a leaked one is recognisable (secret scanners, logs).
-pub(crate) const API_TOKEN_PREFIX: &str = "glk_";
+pub const API_TOKEN_PREFIX: &str = "glk_";
 
 /// A new random token: `prefix` and 32 random bytes in hex.
 pub(crate) fn generate(prefix: &str) -> Result<String> {

@@ -4,15 +4,11 @@ use axum::extract::Request;
 use axum::http::header;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
+use crm::{API_TOKEN_PREFIX, SESSION_PREFIX};
 
 use super::Principal;
 use crate::http::AppState;
 use crate::http::error::ApiError;
-
-/// Session tokens start with this (crm's `Sessions`).
-const SESSION_PREFIX: &str = "gls_";
-/// API tokens start with this (crm's `ApiTokens`).
-const API_TOKEN_PREFIX: &str = "glk_";
 
 /// The caller behind the request's credentials; 401 when there are none, or they are
 /// unknown, expired, revoked or logged out.
@@ -39,7 +35,7 @@ pub(super) async fn authenticate(
         return Ok(Principal::User {
             id: user.id,
             role: user.role,
-            session_id: session.id,
+            session_expires_ms: session.expires_ms,
         });
     }
     if token.starts_with(API_TOKEN_PREFIX) {

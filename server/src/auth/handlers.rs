@@ -41,15 +41,18 @@ impl LoginRequest {
         let mut fields = Vec::new();
         let email = self.email.trim();
         if email.is_empty() || email.chars().count() > MAX_EMAIL {
-            fields.push(field(
+            fields.push(crm::FieldError::new(
                 "email",
                 format!("must be 1 to {MAX_EMAIL} characters"),
             ));
         } else if email.chars().any(char::is_control) {
-            fields.push(field("email", "must not contain control characters"));
+            fields.push(crm::FieldError::new(
+                "email",
+                "must not contain control characters",
+            ));
         }
         if self.password.is_empty() || self.password.chars().count() > MAX_PASSWORD {
-            fields.push(field(
+            fields.push(crm::FieldError::new(
                 "password",
                 format!("must be 1 to {MAX_PASSWORD} characters"),
             ));
@@ -59,13 +62,6 @@ impl LoginRequest {
         } else {
             Err(ApiError::Unprocessable(fields))
         }
-    }
-}
-
-fn field(name: &str, message: impl Into<String>) -> crm::FieldError {
-    crm::FieldError {
-        field: name.to_owned(),
-        message: message.into(),
     }
 }
 
@@ -248,26 +244,18 @@ pub(crate) async fn logout(
 pub(crate) async fn me(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
-    request: Request,
 ) -> Result<Json<Me>, ApiError> {
     let crm = state.crm();
     Ok(Json(match principal {
         Principal::Open => Me::Open,
-        Principal::User { id, .. } => {
-            let user = crm.users().get(id).await?;
-            let session_expires_ms = match credentials::token(&request)? {
-                Some(token) => crm
-                    .sessions()
-                    .lookup(&token)
-                    .await?
-                    .map_or(0, |s| s.expires_ms),
-                None => 0,
-            };
-            Me::User {
-                user,
-                session_expires_ms,
-            }
-        }
+        Principal::User {
+            id,
+            session_expires_ms,
+            ..
+        } => Me::User {
+            user: crm.users().get(id).await?,
+            session_expires_ms,
+        },
         Principal::Token { id, .. } => Me::Token {
             token: crm.api_tokens().get(id).await?,
         },

@@ -46,8 +46,8 @@ pub(crate) enum Principal {
         id: i64,
         /// The user's role.
         role: Role,
-        /// The session the request presented.
-        session_id: i64,
+        /// When the presented session ends, ms since the epoch.
+        session_expires_ms: i64,
     },
     /// An API token.
     Token {

@@ -105,13 +105,22 @@ impl WriteParams {
     )
 )]
 pub(crate) async fn write_v1(
-    state: State<AppState>,
-    principal: Extension<Principal>,
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     params: Result<Query<WriteParams>, QueryRejection>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<StatusCode, ApiError> {
-    write_influx(state, principal, params, headers, body).await
+    write(
+        &state,
+        &principal,
+        Api::Influx,
+        BodyFormat::LineProtocol,
+        params,
+        &headers,
+        body,
+    )
+    .await
 }
 
 /// Writes InfluxDB line protocol (v2 API, `Authorization: Token <token>`).
@@ -136,17 +145,6 @@ pub(crate) async fn write_v1(
     )
 )]
 pub(crate) async fn write_v2(
-    state: State<AppState>,
-    principal: Extension<Principal>,
-    params: Result<Query<WriteParams>, QueryRejection>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<StatusCode, ApiError> {
-    write_influx(state, principal, params, headers, body).await
-}
-
-/// `POST /write?db=&precision=` (InfluxDB v1) and `POST /api/v2/write?bucket=&org=&precision=`.
-async fn write_influx(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
     params: Result<Query<WriteParams>, QueryRejection>,

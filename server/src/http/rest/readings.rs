@@ -152,14 +152,16 @@ struct Checked {
 fn check(state: &AppState, query: &ReadingsQuery, now: DateTime<Utc>) -> Result<Checked, ApiError> {
     let mut errors = Vec::new();
     match state.store().table_schema(&query.table) {
-        None => errors.push(field_error(
+        None => errors.push(FieldError::new(
             "table",
             format!("there is no table {:?}", query.table),
         )),
-        Some(schema) if schema.field_with_name(DEVICE_COLUMN).is_err() => errors.push(field_error(
-            "table",
-            format!("table {:?} has no {DEVICE_COLUMN} column", query.table),
-        )),
+        Some(schema) if schema.field_with_name(DEVICE_COLUMN).is_err() => {
+            errors.push(FieldError::new(
+                "table",
+                format!("table {:?} has no {DEVICE_COLUMN} column", query.table),
+            ))
+        }
         Some(_) => {}
     }
     let to = parse_time(&mut errors, "to", query.to.as_deref());
@@ -168,7 +170,7 @@ fn check(state: &AppState, query: &ReadingsQuery, now: DateTime<Utc>) -> Result<
     let window = chrono::Duration::from_std(DEFAULT_WINDOW).unwrap_or(chrono::Duration::zero());
     let from = from.unwrap_or(to - window);
     if from >= to && errors.is_empty() {
-        errors.push(field_error("to", "must be after from".to_owned()));
+        errors.push(FieldError::new("to", "must be after from".to_owned()));
     }
     // Clamped like the lists' limit; the answer says which limit was used.
     let limit = query.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT);
@@ -188,19 +190,12 @@ fn parse_time(
     match DateTime::parse_from_rfc3339(value?.trim()) {
         Ok(t) => Some(t.with_timezone(&Utc)),
         Err(e) => {
-            errors.push(field_error(
+            errors.push(FieldError::new(
                 field,
                 format!("must be an RFC 3339 time such as 2026-01-01T00:00:00Z ({e})"),
             ));
             None
         }
-    }
-}
-
-fn field_error(field: &str, message: String) -> FieldError {
-    FieldError {
-        field: field.to_owned(),
-        message,
     }
 }
 

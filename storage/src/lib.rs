@@ -32,7 +32,7 @@ pub use catalog::ParquetFile;
 pub use config::StoreConfig;
 pub use error::{Error, Result};
 pub use schema::{COLUMN_ROLE_KEY, ColumnDef, ColumnKind, TableSchema};
-pub use store::{PreparedWrite, Store, StoreStats, WriteReceipt};
+pub use store::{PreparedWrite, Store, StoreStats, WriteObserver, WriteReceipt};
 pub use types::{
     FieldType, FieldValue, LineError, ParsedLine, Row, TIME_COLUMN, TableWrite, TimeRange,
     WriteBatch,

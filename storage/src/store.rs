@@ -17,6 +17,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use arrow::array::TimestampNanosecondArray;
+use arrow::compute::{max, min};
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use crossbeam::channel::{self, Receiver, RecvTimeoutError, Sender, TrySendError};
@@ -67,12 +69,27 @@ struct Shared {
     state: RwLock<State>,
     metrics: Metrics,
     closing: AtomicBool,
+    /// Told about every committed write; see [`Store::observe`].
+    observers: RwLock<Vec<Arc<dyn WriteObserver>>>,
+}
+
+/// Something kept up to date from the write path: the last-value cache, the rollups'
+/// stale buckets. See [`Store::observe`].
+pub trait WriteObserver: Send + Sync + std::fmt::Debug {
+    /// The rows of `table` that one committed write added, as the Arrow batch the
+    /// buffer got (the table's columns at the time of the write, a prefix of its
+    /// current schema). Called on the WAL writer thread, in commit order, after the
+    /// rows are in the buffer and before the write is acknowledged: it must be quick
+    /// and must not call back into the store's writes.
+    fn written(&self, table: &str, batch: &RecordBatch);
 }
 
 struct WriteRequest {
     write: PreparedWrite,
     sync: bool,
     ack: oneshot::Sender<Result<()>>,
+    /// The write's batches, kept for the observers while the buffer takes them.
+    observed: Vec<(String, RecordBatch)>,
 }
 
 enum Command {
@@ -234,6 +251,7 @@ impl Store {
             }),
             metrics: Metrics::default(),
             closing: AtomicBool::new(read_only),
+            observers: RwLock::new(Vec::new()),
         });
 
         let started = Instant::now();
@@ -418,7 +436,12 @@ impl Store {
             return Err((Error::ShuttingDown, write));
         }
         let (ack, rx) = oneshot::channel();
-        match tx.try_send(Command::Write(WriteRequest { write, sync, ack })) {
+        match tx.try_send(Command::Write(WriteRequest {
+            write,
+            sync,
+            ack,
+            observed: Vec::new(),
+        })) {
             Ok(()) => Ok(WriteReceipt(rx)),
             Err(TrySendError::Full(command)) => Err((Error::Busy, command.into_write())),
             Err(TrySendError::Disconnected(command)) => {
@@ -452,6 +475,47 @@ impl Store {
         range: TimeRange,
     ) -> Result<Vec<RecordBatch>> {
         self.shared.scan(table, projection, range)
+    }
+
+    /// Has `observer` told about every write committed from now on (rows already in the
+    /// store are not replayed to it: it reads them with [`Store::scan`] if it needs
+    /// them). A write is acknowledged only after every observer has seen it, so a
+    /// client that got its ack finds its rows in what the observers keep.
+    pub fn observe(&self, observer: Arc<dyn WriteObserver>) {
+        self.shared.observers.write().push(observer);
+    }
+
+    /// The earliest and latest time of the rows of `table` that are not in Parquet
+    /// yet (the write buffer and chunks being persisted), or `None` when there are
+    /// none. After a restart these are the rows the WAL replayed.
+    pub fn unpersisted_time_range(&self, table: &str) -> Option<TimeRange> {
+        let state = self.shared.state.read();
+        let mut batches = state.buffer.table_batches(table);
+        for chunk in &state.persisting {
+            if let Some(b) = chunk.tables.get(table) {
+                batches.extend(b.iter().cloned());
+            }
+        }
+        drop(state);
+        let mut range: Option<TimeRange> = None;
+        for batch in &batches {
+            let Some(times) = batch
+                .column_by_name(TIME_COLUMN)
+                .and_then(|c| c.as_any().downcast_ref::<TimestampNanosecondArray>())
+            else {
+                continue;
+            };
+            if let (Some(min), Some(max)) = (min(times), max(times)) {
+                range = Some(match range {
+                    None => TimeRange { min, max },
+                    Some(r) => TimeRange {
+                        min: r.min.min(min),
+                        max: r.max.max(max),
+                    },
+                });
+            }
+        }
+        range
     }
 
     /// Registers the store's metrics.
@@ -1084,6 +1148,7 @@ impl Writer {
             .inc_by(self.wal.segment_len() - before);
 
         let mut rows = 0;
+        let observers = self.shared.observers.read().clone();
         {
             let schemas = self.shared.schemas.read();
             let mut state = self.shared.state.write();
@@ -1091,11 +1156,23 @@ impl Writer {
                 for (table, batch) in w.write.tables.drain(..) {
                     if let Some(schema) = schemas.get(&table) {
                         rows += batch.num_rows();
+                        if !observers.is_empty() {
+                            // Cheap: a batch's columns are reference counted.
+                            w.observed.push((table.clone(), batch.clone()));
+                        }
                         state.buffer.append(&table, schema, batch);
                     }
                 }
             }
             self.shared.update_buffer_gauges(&state);
+        }
+        // Outside the locks: observers may take their own, and scans must not wait.
+        for w in &mut accepted {
+            for (table, batch) in w.observed.drain(..) {
+                for observer in &observers {
+                    observer.written(&table, &batch);
+                }
+            }
         }
         self.shared.metrics.rows_written.inc_by(rows as u64);
         for w in accepted {

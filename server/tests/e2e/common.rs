@@ -456,3 +456,36 @@ pub(crate) fn string<'a>(row: &'a Map<String, Value>, column: &str) -> &'a str {
 pub(crate) fn is_null(row: &Map<String, Value>, column: &str) -> bool {
     row.get(column).is_none_or(Value::is_null)
 }
+
+/// Whether `python3` can import what an independent peer needs (`imports`, a Python
+/// statement). When it cannot, the test is skipped with a message naming `what` and
+/// how to install it (`install`), except where peers are required: scripts/test.sh
+/// installs them and sets `GRIDLAKE_REQUIRE_PEERS`, CI sets `CI=true`, and there a skip
+/// would hide a broken install, so the test fails instead.
+pub(crate) fn python_peer_available(imports: &str, what: &str, install: &str) -> bool {
+    let check = std::process::Command::new("python3")
+        .args(["-c", imports])
+        .output();
+    let missing = match check {
+        Err(e) => format!("python3 cannot be run: {e}"),
+        Ok(out) if !out.status.success() => format!(
+            "python3 lacks {what} ({}); install it with `python3 -m pip install {install}` \
+             or run scripts/test.sh",
+            // The traceback's last line: "ModuleNotFoundError: No module named ...".
+            String::from_utf8_lossy(&out.stderr)
+                .trim()
+                .lines()
+                .last()
+                .unwrap_or("")
+        ),
+        Ok(_) => return true,
+    };
+    let required = std::env::var("CI").as_deref() == Ok("true")
+        || std::env::var_os("GRIDLAKE_REQUIRE_PEERS").is_some();
+    assert!(
+        !required,
+        "{what} is required here (CI=true or GRIDLAKE_REQUIRE_PEERS) and cannot run: {missing}"
+    );
+    eprintln!("SKIPPED: {missing}");
+    false
+}

@@ -20,7 +20,10 @@ use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 use tokio_modbus::prelude::{ExceptionCode, Reader, Slave, SlaveContext, Writer};
 
-use crate::common::{Options, Server, float, gridlake_bin, int, is_null, parse_json_rows, string};
+use crate::common::{
+    Options, Server, float, gridlake_bin, int, is_null, parse_json_rows, python_peer_available,
+    string,
+};
 
 /// How long the collector may take to deliver what a test waits for: discovery, a few
 /// polls, the batch linger and a debug build on two cores.
@@ -169,39 +172,12 @@ impl Peer {
     /// Starts `sunspec_peer.py ARGS`; `None` (after printing why) when python3, pymodbus
     /// or pysunspec2 are missing outside CI.
     async fn start(args: &[&str]) -> Option<Peer> {
-        let check = std::process::Command::new("python3")
-            // What the peer imports (pymodbus 3.16's datastore, not older 3.x).
-            .args([
-                "-c",
-                "from pymodbus.simulator import SimData, SimDevice; import sunspec2.device",
-            ])
-            .output();
-        let missing = match check {
-            Err(e) => Some(format!("python3 cannot be run: {e}")),
-            Ok(out) if !out.status.success() => Some(format!(
-                "python3 lacks pymodbus or pysunspec2 ({}); install them with \
-                 `python3 -m pip install \"pymodbus==3.16.*\" \"pysunspec2==1.3.*\"` or run \
-                 scripts/test.sh",
-                // The traceback's last line: "ModuleNotFoundError: No module named ...".
-                String::from_utf8_lossy(&out.stderr)
-                    .trim()
-                    .lines()
-                    .last()
-                    .unwrap_or("")
-            )),
-            Ok(_) => None,
-        };
-        if let Some(reason) = missing {
-            // scripts/test.sh installs the peer's packages and sets
-            // GRIDLAKE_REQUIRE_PEERS; CI sets CI=true. Either way a skip would hide a
-            // broken install, so it fails instead.
-            let required = std::env::var("CI").as_deref() == Ok("true")
-                || std::env::var_os("GRIDLAKE_REQUIRE_PEERS").is_some();
-            assert!(
-                !required,
-                "the SunSpec peer is required here (CI=true or GRIDLAKE_REQUIRE_PEERS) and cannot run: {reason}"
-            );
-            eprintln!("SKIPPED: {reason}");
+        // What the peer imports (pymodbus 3.16's datastore, not older 3.x).
+        if !python_peer_available(
+            "from pymodbus.simulator import SimData, SimDevice; import sunspec2.device",
+            "pymodbus and pysunspec2 (the SunSpec peer)",
+            "\"pymodbus==3.16.*\" \"pysunspec2==1.3.*\"",
+        ) {
             return None;
         }
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/e2e/sunspec_peer.py");

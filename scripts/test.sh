@@ -58,13 +58,15 @@ fi
 #   (server/tests/e2e/sunspec_peer.py): pysunspec2 encodes the register image, pymodbus
 #   serves it;
 # - openapi-spec-validator, which checks the served /api/v1/openapi.json
-#   (server/tests/e2e/auth.rs).
+#   (server/tests/e2e/auth.rs);
+# - DuckDB, which buckets the Parquet files gridlake wrote to check gridlake's
+#   time_bucket and energy answers (server/tests/e2e/crosscheck.rs).
 # Installed only when missing; the tests fail without them when CI=true and are skipped
 # (with a message) otherwise. The check imports what the tests use: an older pymodbus
 # without the SimData/SimDevice datastore counts as missing, and --upgrade replaces it.
 # Pinned to the minor versions the tests were written against.
-PIP_PACKAGES=("pymodbus==3.16.*" "pysunspec2==1.3.*" "openapi-spec-validator==0.9.*")
-PIP_CHECK='from pymodbus.simulator import SimData, SimDevice; import sunspec2.device; from openapi_spec_validator import validate'
+PIP_PACKAGES=("pymodbus==3.16.*" "pysunspec2==1.3.*" "openapi-spec-validator==0.9.*" "duckdb==1.5.*")
+PIP_CHECK='from pymodbus.simulator import SimData, SimDevice; import sunspec2.device; from openapi_spec_validator import validate; import duckdb'
 
 install_python_packages() {
     if ! command -v python3 >/dev/null 2>&1; then
@@ -88,7 +90,7 @@ if ! python3 -c "$PIP_CHECK"; then
     echo "python3 still cannot import the test peers' packages (${PIP_PACKAGES[*]}) after pip install" >&2
     exit 1
 fi
-# The peer tests (SunSpec, OpenAPI validator) fail rather than skip when they cannot run.
+# The peer tests (SunSpec, OpenAPI validator, DuckDB) fail rather than skip when they cannot run.
 export GRIDLAKE_REQUIRE_PEERS=1
 
 log "toolchain"

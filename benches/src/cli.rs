@@ -397,11 +397,22 @@ pub(crate) struct QueryArgs {
     /// The "latest per device" shape looks this far back from the newest row.
     #[arg(long, default_value = "1h", value_parser = parse_duration_ms)]
     pub(crate) latest_window: Duration,
+    /// Table of the chart shapes (`series`, `api_series*`) [default: --table].
+    #[arg(long)]
+    pub(crate) series_table: Option<String>,
+    /// The chart shapes ask for this much data, from the first row of --series-table.
+    #[arg(long, default_value = "720h", value_parser = parse_duration_ms)]
+    pub(crate) series_window: Duration,
     #[command(flatten)]
     pub(crate) auth: TokenArgs,
 }
 
 impl QueryArgs {
+    /// The table of the chart shapes.
+    pub(crate) fn series_table(&self) -> &str {
+        self.series_table.as_deref().unwrap_or(&self.table)
+    }
+
     fn render(&self, words: &mut Vec<String>) {
         words.push("query".to_owned());
         flag(words, "url", &self.url);
@@ -409,6 +420,10 @@ impl QueryArgs {
         flag(words, "iterations", self.iterations);
         flag(words, "warmup", self.warmup);
         flag(words, "latest-window", duration_word(self.latest_window));
+        if let Some(table) = &self.series_table {
+            flag(words, "series-table", table);
+        }
+        flag(words, "series-window", duration_word(self.series_window));
     }
 }
 

@@ -1,20 +1,30 @@
 //! `gridlake-load query`: latency of the query shapes dashboards and analysts run, over
 //! data `write` put in (`bench_meter` by default).
 //!
-//! Three shapes, each run `--warmup` times untimed and `--iterations` times timed, one
-//! request at a time through `POST /api/v1/sql` (`{"sql": .., "format": "jsonl"}`); a
-//! request's time runs until its whole answer is read:
+//! Each shape runs `--warmup` times untimed and `--iterations` times timed, one request
+//! at a time; a request's time runs until its whole answer is read. SQL shapes go
+//! through `POST /api/v1/sql` (`{"sql": .., "format": "jsonl"}`), the others are the
+//! portal's endpoints, each next to the SQL over raw rows that gives the same answer:
 //!
-//! - `latest`: the newest reading of every device (a dashboard's fleet table), over the
-//!   last `--latest-window` of the data;
-//! - `series`: one device's power and energy in 15-minute buckets over the whole range
-//!   (a dashboard's chart), a different device each iteration;
+//! - `latest`: the newest reading of every device (a dashboard's fleet table) from raw
+//!   rows, over the last `--latest-window` of the data (make it cover all the data to
+//!   get `api_latest`'s answer);
+//! - `api_latest`: the same from the last-value cache, `GET /api/v1/latest?table=`;
+//! - `series`: one device's mean power in 15-minute buckets over `--series-window` of
+//!   `--series-table` from raw rows (a dashboard's chart), a different device each
+//!   iteration;
+//! - `api_series`: the same buckets from `GET /api/v1/series` (the 15-minute rollup);
+//! - `api_series_raw`: the same request with `source=raw` (the chart API computing it
+//!   from raw rows);
+//! - `api_series_auto`: `step=auto` over the same window (at most about 1,500 points,
+//!   from the coarsest rollup that fits);
 //! - `sites`: readings, mean power and imported energy per site over everything (an
 //!   analyst's report: a full scan with a group-by).
 
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use chrono::{DateTime, SecondsFormat, Utc};
 use reqwest::blocking::Client;
 use serde_json::Value;
 
@@ -24,7 +34,7 @@ use crate::report::{self, Latency, Summary};
 /// Devices the `series` shape cycles through.
 const SERIES_DEVICES: usize = 100;
 
-/// One query against the server: its SQL, rows returned and the time to the last byte.
+/// One request to the server: rows returned and the time to the last byte.
 #[derive(Debug)]
 struct Answer {
     rows: u64,
@@ -34,6 +44,9 @@ struct Answer {
 #[derive(Debug)]
 struct Sql<'a> {
     client: &'a Client,
+    /// The server's base URL.
+    base: String,
+    /// `POST` SQL here.
     url: String,
 }
 
@@ -56,6 +69,31 @@ impl Sql<'_> {
         Ok(Answer { rows, took })
     }
 
+    /// GETs `path_and_query` from the server, timing it; counts the points (`t`) or rows
+    /// (`rows`) of the JSON answer.
+    fn timed_get(&self, path_and_query: &str) -> anyhow::Result<Answer> {
+        let url = format!("{}{path_and_query}", self.base);
+        let started = Instant::now();
+        let response = self
+            .client
+            .get(&url)
+            .send()
+            .with_context(|| format!("GET {url}"))?;
+        let status = response.status();
+        let text = response.text()?;
+        let took = started.elapsed();
+        if !status.is_success() {
+            bail!("GET {url}\n  answered {status}: {text}");
+        }
+        let answer: Value =
+            serde_json::from_str(&text).with_context(|| format!("GET {url}: not JSON"))?;
+        let rows = ["t", "rows"]
+            .iter()
+            .find_map(|key| answer[key].as_array())
+            .map_or(0, Vec::len) as u64;
+        Ok(Answer { rows, took })
+    }
+
     fn text(&self, sql: &str) -> anyhow::Result<String> {
         let body = serde_json::json!({"sql": sql, "format": "jsonl"}).to_string();
         let response = self
@@ -74,11 +112,47 @@ impl Sql<'_> {
     }
 }
 
-/// A query shape: its name and its SQL for iteration `i`.
+/// A query shape: its name and its request for iteration `i`.
 struct Shape<'a> {
     name: &'static str,
     what: &'static str,
-    sql: Box<dyn Fn(usize) -> String + 'a>,
+    request: Box<dyn Fn(usize) -> Request + 'a>,
+}
+
+/// What a shape sends.
+#[derive(Debug)]
+enum Request {
+    /// SQL through `POST /api/v1/sql`.
+    Sql(String),
+    /// `GET` of this path and query.
+    Get(String),
+}
+
+impl Request {
+    fn run(&self, sql: &Sql<'_>) -> anyhow::Result<Answer> {
+        match self {
+            Request::Sql(text) => sql.timed(text),
+            Request::Get(path) => sql.timed_get(path),
+        }
+    }
+}
+
+impl std::fmt::Display for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Request::Sql(text) => write!(f, "{text}"),
+            Request::Get(path) => write!(f, "GET {path}"),
+        }
+    }
+}
+
+/// `text` as a query-string value: what the shapes put there (table and device
+/// names, RFC 3339 times) needs only these escapes.
+fn query_value(text: &str) -> String {
+    text.replace('%', "%25")
+        .replace('+', "%2B")
+        .replace('&', "%26")
+        .replace(' ', "%20")
 }
 
 /// Runs `query` with these flags.
@@ -100,9 +174,17 @@ pub(crate) fn run(args: QueryArgs) -> anyhow::Result<()> {
     let base = args.url.trim_end_matches('/');
     let sql = Sql {
         client: &client,
+        base: base.to_owned(),
         url: format!("{base}/api/v1/sql"),
     };
     let table = &args.table;
+    let series_table = args.series_table();
+    if !series_table
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '_')
+    {
+        bail!("--series-table {series_table:?}: use letters, digits and '_'");
+    }
 
     // The data's extent, untimed.
     let extent = sql.rows(&format!(
@@ -121,68 +203,110 @@ pub(crate) fn run(args: QueryArgs) -> anyhow::Result<()> {
     }
     let devices: Vec<String> = sql
         .rows(&format!(
-            "SELECT DISTINCT device_id FROM {table} ORDER BY device_id LIMIT {SERIES_DEVICES}"
+            "SELECT DISTINCT device_id FROM {series_table} ORDER BY device_id LIMIT {SERIES_DEVICES}"
         ))?
         .iter()
         .filter_map(|r| r["device_id"].as_str().map(str::to_owned))
         .collect();
+    let series_first = sql
+        .rows(&format!("SELECT min(time) AS first FROM {series_table}"))?
+        .first()
+        .and_then(|row| row["first"].as_str().map(str::to_owned))
+        .context("--series-table is empty")?;
+    let series_from = DateTime::parse_from_rfc3339(&series_first)
+        .with_context(|| format!("the first time {series_first:?} is not RFC 3339"))?
+        .with_timezone(&Utc);
+    let series_to = series_from
+        + chrono::Duration::from_std(args.series_window).context("--series-window is too long")?;
+    let (series_from, series_to) = (
+        series_from.to_rfc3339_opts(SecondsFormat::Nanos, true),
+        series_to.to_rfc3339_opts(SecondsFormat::Nanos, true),
+    );
     println!(
-        "data:        {n} rows in {table} from {first} to {last}; the series shape cycles over {} devices",
+        "data:        {n} rows in {table} from {first} to {last}; the chart shapes read {series_table} \
+         from {series_from} to {series_to}, cycling over {} devices",
         devices.len()
     );
     let window_s = args.latest_window.as_secs_f64();
+    let chart = |i: usize, extra: &str| {
+        Request::Get(format!(
+            "/api/v1/series?table={series_table}&column=power_w&device_id={}&from={}&to={}&agg=avg&tz=UTC{extra}",
+            query_value(&devices[i % devices.len()]),
+            query_value(&series_from),
+            query_value(&series_to),
+        ))
+    };
     let shapes = [
         Shape {
             name: "latest",
-            what: "newest reading per device",
-            sql: Box::new(|_| {
-                format!(
+            what: "newest reading per device, raw rows",
+            request: Box::new(|_| {
+                Request::Sql(format!(
                     "SELECT device_id, max(time) AS time, last_value(power_w ORDER BY time) AS power_w, \
                      last_value(energy_import_wh ORDER BY time) AS energy_import_wh FROM {table} \
                      WHERE time >= TIMESTAMP '{last}' - INTERVAL '{window_s} seconds' \
                      GROUP BY device_id"
-                )
+                ))
             }),
         },
         Shape {
+            name: "api_latest",
+            what: "newest reading per device, last-value cache",
+            request: Box::new(|_| Request::Get(format!("/api/v1/latest?table={table}"))),
+        },
+        Shape {
             name: "series",
-            what: "one device, 15-minute buckets, whole range",
-            sql: Box::new(|i| {
-                format!(
-                    "SELECT date_bin(INTERVAL '15 minutes', time) AS bucket, avg(power_w) AS power_w, \
-                     max(power_w) AS max_power_w, max(energy_import_wh) AS energy_import_wh FROM {table} \
-                     WHERE device_id = '{}' AND time >= TIMESTAMP '{first}' AND time <= TIMESTAMP '{last}' \
-                     GROUP BY bucket ORDER BY bucket",
+            what: "one device, 15-minute mean power, raw rows",
+            request: Box::new(|i| {
+                Request::Sql(format!(
+                    "SELECT date_bin(INTERVAL '15 minutes', time) AS bucket, avg(power_w) AS power_w \
+                     FROM {series_table} WHERE device_id = '{}' AND time >= TIMESTAMP '{series_from}' \
+                     AND time < TIMESTAMP '{series_to}' GROUP BY bucket ORDER BY bucket",
                     devices[i % devices.len()]
-                )
+                ))
             }),
+        },
+        Shape {
+            name: "api_series",
+            what: "the same from /api/v1/series, 15-minute rollup",
+            request: Box::new(|i| chart(i, "&step=15m")),
+        },
+        Shape {
+            name: "api_series_raw",
+            what: "the same from /api/v1/series with source=raw",
+            request: Box::new(|i| chart(i, "&step=15m&source=raw")),
+        },
+        Shape {
+            name: "api_series_auto",
+            what: "/api/v1/series with step=auto (coarsest fitting rollup)",
+            request: Box::new(|i| chart(i, "&step=auto")),
         },
         Shape {
             name: "sites",
             what: "per site: readings, mean power, imported energy",
-            sql: Box::new(|_| {
-                format!(
+            request: Box::new(|_| {
+                Request::Sql(format!(
                     "SELECT site_id, count(*) AS readings, avg(power_w) AS avg_power_w, \
                      max(energy_import_wh) - min(energy_import_wh) AS imported_wh FROM {table} \
                      GROUP BY site_id ORDER BY site_id"
-                )
+                ))
             }),
         },
     ];
     println!(
-        "queries:     {} timed + {} warm-up runs of each shape, one at a time, POST {}",
-        args.iterations, args.warmup, sql.url
+        "queries:     {} timed + {} warm-up runs of each shape, one at a time",
+        args.iterations, args.warmup
     );
     let mut summary = Summary::new("query");
     summary.add("table", table).add("rows_in_table", n);
     for shape in &shapes {
         for i in 0..args.warmup {
-            sql.timed(&(shape.sql)(i as usize))?;
+            (shape.request)(i as usize).run(&sql)?;
         }
         let mut latencies = Vec::new();
         let (mut rows_min, mut rows_max) = (u64::MAX, 0);
         for i in 0..args.iterations {
-            let answer = sql.timed(&(shape.sql)(i as usize))?;
+            let answer = (shape.request)(i as usize).run(&sql)?;
             latencies.push(answer.took);
             rows_min = rows_min.min(answer.rows);
             rows_max = rows_max.max(answer.rows);
@@ -199,12 +323,15 @@ pub(crate) fn run(args: QueryArgs) -> anyhow::Result<()> {
             latency.human(),
             shape.what
         );
-        println!("             {}", (shape.sql)(0));
+        println!("             {}", (shape.request)(0));
         summary
             .latency(&format!("{}_", shape.name), &latency)
             .add(&format!("{}_rows", shape.name), rows);
     }
-    summary.add("latest_window", duration_word(args.latest_window));
+    summary
+        .add("latest_window", duration_word(args.latest_window))
+        .add("series_table", series_table)
+        .add("series_window", duration_word(args.series_window));
     summary.print();
     Ok(())
 }

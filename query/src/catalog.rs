@@ -1,6 +1,14 @@
 //! The store's tables as DataFusion sees them: a schema provider that lists whatever
 //! tables the store has at the moment it is asked, and one table provider per table
 //! that reads the buffer and the Parquet files through [`Store::scan`].
+//!
+//! Beside each stored table `T` that the last-value cache keeps ([`is_cached_table`]),
+//! the schema has `T_latest`: one row per series of `T`, with `T`'s columns, read from
+//! the cache ([`LastValues::snapshot`]) rather than the store. A stored table of that
+//! name wins. The `_latest` tables are resolved by name only: `SHOW TABLES` and
+//! `information_schema` list the stored tables, so that the list says what is stored
+//! and tools that walk every table (exports, schema browsers) do not read each one
+//! twice.
 
 use std::sync::Arc;
 
@@ -16,18 +24,33 @@ use datafusion::physical_plan::ExecutionPlan;
 use storage::{Store, TIME_COLUMN};
 use tracing::debug;
 
+use crate::latest::{LastValues, LatestFilter, is_cached_table};
 use crate::time_filter;
+
+/// The suffix that names a table's last values.
+const LATEST_SUFFIX: &str = "_latest";
 
 /// All tables of the store, looked up on every query: a table created by a write is
 /// queryable at once, and a query sees the schema as it is when the query is planned.
 #[derive(Debug)]
 pub(crate) struct StoreSchema {
     store: Store,
+    latest: LastValues,
 }
 
 impl StoreSchema {
-    pub(crate) fn new(store: Store) -> Self {
-        Self { store }
+    pub(crate) fn new(store: Store, latest: LastValues) -> Self {
+        Self { store, latest }
+    }
+
+    /// The stored table whose last values `name` asks for, with its schema, when `name`
+    /// is `<table>_latest` and no stored table has that name.
+    fn latest_of(&self, name: &str) -> Option<(String, SchemaRef)> {
+        let base = name.strip_suffix(LATEST_SUFFIX)?;
+        if !is_cached_table(base) || self.store.table_schema(name).is_some() {
+            return None;
+        }
+        Some((base.to_owned(), self.store.table_schema(base)?))
     }
 }
 
@@ -38,17 +61,75 @@ impl SchemaProvider for StoreSchema {
     }
 
     async fn table(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
-        Ok(self.store.table_schema(name).map(|schema| {
-            Arc::new(StoreTable {
+        if let Some(schema) = self.store.table_schema(name) {
+            return Ok(Some(Arc::new(StoreTable {
                 store: self.store.clone(),
                 name: name.to_owned(),
+                schema,
+            })));
+        }
+        Ok(self.latest_of(name).map(|(table, schema)| {
+            Arc::new(LatestTable {
+                latest: self.latest.clone(),
+                table,
                 schema,
             }) as Arc<dyn TableProvider>
         }))
     }
 
     fn table_exist(&self, name: &str) -> bool {
-        self.store.table_schema(name).is_some()
+        self.store.table_schema(name).is_some() || self.latest_of(name).is_some()
+    }
+}
+
+/// `<table>_latest`: the last values of `table`'s series, with `table`'s schema as it
+/// was when the query was planned.
+#[derive(Debug)]
+struct LatestTable {
+    latest: LastValues,
+    table: String,
+    schema: SchemaRef,
+}
+
+#[async_trait]
+impl TableProvider for LatestTable {
+    fn schema(&self) -> SchemaRef {
+        Arc::clone(&self.schema)
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::View
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        limit: Option<usize>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        // Right after a start the cache may still be reading the store; an answer
+        // without the series that have not written since would look complete but is
+        // not. The wait ends with the query's timeout at the latest.
+        self.latest.warmed().await;
+        let schema = project_schema(&self.schema, projection)?;
+        let snapshot = self
+            .latest
+            .snapshot(&self.table, &schema, &LatestFilter::all())?;
+        let mut chunks = Vec::new();
+        if let Some(batch) = snapshot {
+            let rows = batch.num_rows().min(limit.unwrap_or(usize::MAX));
+            let chunk_rows = state.config().batch_size().max(1);
+            let mut offset = 0;
+            while offset < rows {
+                let len = chunk_rows.min(rows - offset);
+                chunks.push(batch.slice(offset, len));
+                offset += len;
+            }
+        }
+        let partitions = partition(chunks, state.config().target_partitions());
+        let plan = MemorySourceConfig::try_new_exec(&partitions, schema, None)?;
+        Ok(plan)
     }
 }
 

@@ -22,6 +22,23 @@ pub struct QueryConfig {
     /// How many partitions a query is split into to run in parallel; 0 means one per
     /// CPU core.
     pub target_partitions: usize,
+    /// How far back from each table's newest row the last-value cache (`<table>_latest`,
+    /// `GET /api/v1/latest`) is filled at start, in the background. A series silent for
+    /// longer than this is missing from the cache until its next write. Zero disables
+    /// the warm-up: the cache then holds only what is written after the start.
+    #[serde(with = "humantime_serde")]
+    pub latest_warmup: Duration,
+    /// How often the background task brings the rollup tables (`<table>_15m`, `_1h`,
+    /// `_1d`) up to date with the writes since its last run (quarter hours that have
+    /// ended). Zero turns the refresh off (rollups are then only refreshed when
+    /// asked).
+    #[serde(with = "humantime_serde")]
+    pub rollup_refresh_interval: Duration,
+    /// IANA time zone whose local calendar days the `_1d` rollups cover ("UTC",
+    /// "Europe/Berlin"). Checked at start; an unknown name stops the start, and so
+    /// does another zone than the one recorded in the data directory once `_1d`
+    /// tables exist.
+    pub rollup_timezone: String,
 }
 
 impl Default for QueryConfig {
@@ -30,6 +47,9 @@ impl Default for QueryConfig {
             timeout: Duration::from_secs(30),
             memory_limit: ByteSize::gib(1),
             target_partitions: 0,
+            latest_warmup: Duration::from_secs(24 * 3600),
+            rollup_refresh_interval: Duration::from_secs(10),
+            rollup_timezone: "UTC".to_owned(),
         }
     }
 }
@@ -45,6 +65,9 @@ mod tests {
         assert_eq!(config.timeout, Duration::from_secs(30));
         assert_eq!(config.memory_limit, ByteSize::gib(1));
         assert_eq!(config.target_partitions, 0);
+        assert_eq!(config.rollup_refresh_interval, Duration::from_secs(10));
+        assert_eq!(config.rollup_timezone, "UTC");
+        assert_eq!(config.latest_warmup, Duration::from_secs(24 * 3600));
     }
 
     #[test]

@@ -19,7 +19,9 @@ use tokio::runtime::{Handle, Runtime};
 use tracing::debug;
 
 use crate::catalog::StoreSchema;
+use crate::latest::LastValues;
 use crate::metrics::{Outcome, QueryMetrics};
+use crate::rollup::Rollups;
 use crate::{Error, QueryConfig, QueryOutput, Result};
 
 /// The catalog the store's tables live in. `public.public.<table>` follows PostgreSQL's
@@ -48,6 +50,18 @@ struct Inner {
     config: QueryConfig,
     metrics: QueryMetrics,
     runtime: QueryRuntime,
+    rollups: Rollups,
+    /// The last-value cache, fed by the store's writer thread.
+    latest: LastValues,
+    /// The cache's warm-up thread. Not joined on drop (that could block an async
+    /// thread for a whole day's read): dropping the engine asks it to stop instead.
+    _warm_up: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.latest.stop_warm_up();
+    }
 }
 
 /// The threads queries run on, apart from the caller's runtime. DataFusion operators
@@ -131,15 +145,24 @@ impl QueryEngine {
             .with_default_features()
             .build();
         let ctx = SessionContext::new_with_state(state);
+        crate::functions::register(&ctx);
         let threads = match config.target_partitions {
             0 => std::thread::available_parallelism().map_or(1, NonZeroUsize::get),
             n => n,
         };
         let runtime = QueryRuntime::start(threads)?;
+        // Registers itself with the store: from here on every write marks its buckets.
+        let rollups = Rollups::new(store.clone(), &config)?;
+
+        // The last-value cache sees every write from here on; the warm-up thread reads
+        // what came before.
+        let latest = LastValues::new();
+        store.observe(Arc::new(latest.clone()));
+        let warm_up = latest.start_warm_up(store.clone(), config.latest_warmup);
 
         let catalog = MemoryCatalogProvider::new();
         catalog
-            .register_schema(SCHEMA, Arc::new(StoreSchema::new(store)))
+            .register_schema(SCHEMA, Arc::new(StoreSchema::new(store, latest.clone())))
             .map_err(Error::Setup)?;
         ctx.register_catalog(CATALOG, Arc::new(catalog));
 
@@ -149,6 +172,9 @@ impl QueryEngine {
                 config,
                 metrics: QueryMetrics::new(),
                 runtime,
+                rollups,
+                latest,
+                _warm_up: warm_up,
             }),
         })
     }
@@ -190,6 +216,23 @@ impl QueryEngine {
         self.inner.metrics.record(outcome, elapsed);
         debug!(?outcome, ?elapsed, sql, "query");
         result
+    }
+
+    /// The settings the engine was made with (the chart API reads
+    /// `rollup_timezone` to know where the daily rollups' days start).
+    pub fn config(&self) -> &QueryConfig {
+        &self.inner.config
+    }
+
+    /// The rollup tables (`<table>_15m`, `_1h`, `_1d`) of the store: refresh them now,
+    /// or start their background refresh.
+    pub fn rollups(&self) -> &Rollups {
+        &self.inner.rollups
+    }
+
+    /// The last value of every series (the cache behind `<table>_latest`).
+    pub fn latest(&self) -> &LastValues {
+        &self.inner.latest
     }
 
     /// Registers `gridlake_queries_total` (by `outcome`) and `gridlake_query_seconds`.

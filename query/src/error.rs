@@ -47,6 +47,64 @@ pub enum Error {
     /// Writing the result as a Parquet file failed.
     #[error("encoding the result as parquet failed: {0}")]
     EncodeParquet(#[from] parquet::errors::ParquetError),
+    /// A time zone setting does not name an IANA time zone.
+    #[error(
+        "{setting}: unknown time zone {name:?} (expected an IANA name such as \"Europe/Berlin\" or \"UTC\")"
+    )]
+    UnknownTimezone {
+        /// The setting, such as `query.rollup_timezone`.
+        setting: &'static str,
+        /// What it said.
+        name: String,
+    },
+    /// Reading a table for the rollups, or writing rollup rows, failed in the store.
+    #[error("rollups of table {table:?}: {source}")]
+    RollupStore {
+        /// The table being rolled up.
+        table: String,
+        /// What the store said.
+        #[source]
+        source: storage::Error,
+    },
+    /// The rows read for the rollups of a table could not be turned into rollup rows.
+    #[error("rollups of table {table:?}: {source}")]
+    RollupData {
+        /// The table being rolled up.
+        table: String,
+        /// What Arrow said.
+        #[source]
+        source: ArrowError,
+    },
+    /// The file that keeps the stale rollup buckets across restarts could not be
+    /// written.
+    #[error("cannot write {}: {source}", path.display())]
+    RollupState {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What the file system said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// `query.rollup_timezone` differs from the zone the existing daily rollups were
+    /// computed in: their old days would stay beside the new ones and count twice.
+    #[error(
+        "query.rollup_timezone is {configured:?}, but the daily rollups ({tables}) in {} hold days of {recorded:?}; \
+         their rows would stay beside the new days and be counted twice. Set query.rollup_timezone back to \
+         {recorded:?}; to change the zone, remove the *_1d tables from the store (the store cannot delete \
+         rows or tables: start from a data directory without them, e.g. re-import the raw tables into an \
+         empty one) and restart, which backfills the daily rollups",
+        data_dir.display()
+    )]
+    RollupTimezoneChanged {
+        /// The zone in the configuration now.
+        configured: String,
+        /// The zone recorded in the data directory (`rollups.json`).
+        recorded: String,
+        /// The `*_1d` tables, comma-separated.
+        tables: String,
+        /// The store's data directory.
+        data_dir: std::path::PathBuf,
+    },
 }
 
 impl Error {

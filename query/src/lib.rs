@@ -15,16 +15,40 @@
 //!                ▼
 //!          QueryOutput ──► encode (json, jsonl, csv, arrow, parquet) / pretty
 //! ```
+//!
+//! Beside plain SQL the engine keeps what portal charts need in milliseconds:
+//!
+//! - time-series functions registered in the session (`functions`): `time_bucket` on
+//!   local calendars ([`Bucketing`]), gap filling, and energy from cumulative registers
+//!   by the one set of rules in [`counter`];
+//! - the last-value cache ([`LastValues`]), a write observer of the store that keeps the
+//!   newest values of every series (SQL: `<table>_latest`);
+//! - the [`rollup`]s: 15-minute, hourly and daily aggregates of every table, written
+//!   back into the store as tables (`<table>_15m`, ...), marked stale by a write
+//!   observer and recomputed in the background.
+//!
+//! ```text
+//!  Store ──write observers──► LastValues (newest row per series)
+//!                      └───► rollup marks ──refresh thread──► scan raw ──► <table>_15m
+//!                                                              ──► <table>_1h, <table>_1d
+//! ```
 
+mod bucket;
 mod catalog;
 mod config;
+pub mod counter;
 mod engine;
 mod error;
+mod functions;
+mod latest;
 mod metrics;
 mod output;
+pub mod rollup;
 mod time_filter;
 
+pub use bucket::{BucketError, Bucketing, Width};
 pub use config::QueryConfig;
 pub use engine::{CATALOG, QueryEngine, SCHEMA};
 pub use error::{Error, Result};
+pub use latest::{LastValues, LatestFilter, WarmUp, is_cached_table};
 pub use output::{OutputFormat, QueryOutput, UnknownFormat, encode, pretty};

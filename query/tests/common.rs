@@ -1,5 +1,6 @@
 //! One place for the fixtures: a store in a tempdir, an engine over it, rows to write.
 
+use std::path::Path;
 use std::time::Duration;
 
 use query::{OutputFormat, QueryConfig, QueryEngine, encode};
@@ -16,7 +17,8 @@ pub(crate) const MINUTE: i64 = 60_000_000_000;
 pub(crate) struct Fixture {
     pub(crate) store: Store,
     pub(crate) engine: QueryEngine,
-    _dir: TempDir,
+    /// None when the fixture opened a directory it does not own.
+    _dir: Option<TempDir>,
 }
 
 impl Fixture {
@@ -26,12 +28,19 @@ impl Fixture {
 
     pub(crate) fn with_config(config: QueryConfig) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(dir.path(), StoreConfig::default()).expect("open store");
+        let mut fixture = Self::open(dir.path(), config);
+        fixture._dir = Some(dir);
+        fixture
+    }
+
+    /// A store in `dir` (opened as a restarted server would) and an engine over it.
+    pub(crate) fn open(dir: &Path, config: QueryConfig) -> Self {
+        let store = Store::open(dir, StoreConfig::default()).expect("open store");
         let engine = QueryEngine::new(store.clone(), config).expect("engine");
         Self {
             store,
             engine,
-            _dir: dir,
+            _dir: None,
         }
     }
 

@@ -2,6 +2,9 @@
 
 mod common;
 mod formats;
+mod latest;
 mod limits;
 mod read_only;
+mod rollups;
+mod slt;
 mod sql;

@@ -1,10 +1,12 @@
 //! The HTTP API: routes, shared state, and the per-request span and metrics.
 
 pub(crate) mod error;
+mod latest;
 mod openapi;
 mod ops;
 mod rest;
 pub(crate) mod routes;
+mod series;
 mod sql;
 mod write;
 

@@ -126,6 +126,9 @@ async fn serve_async(config: Config) -> Result<()> {
 /// Serves HTTP over `store` until a shutdown signal and the end of in-flight requests.
 async fn serve_store(config: &Config, store: Store, crm: Crm) -> Result<()> {
     let engine = QueryEngine::new(store.clone(), config.query.clone())?;
+    // Rollups are refreshed in the background from now on; stopped (with a last
+    // refresh) after the producers, before the store shuts down.
+    let rollup_refresh = engine.rollups().start_refresh()?;
     let mut registry = Registry::default();
     store.register_metrics(&mut registry);
     engine.register_metrics(&mut registry);
@@ -239,6 +242,12 @@ async fn serve_store(config: &Config, store: Store, crm: Crm) -> Result<()> {
     cleanup.abort();
     // The last batch of last-seen times.
     registry_tasks.shutdown().await;
+    // After every producer has written its last rows, so that the last refresh rolls
+    // them up; before the store shuts down, since it writes into it. Blocking: joins a
+    // thread and reads and writes the store.
+    if let Err(e) = tokio::task::spawn_blocking(move || rollup_refresh.shutdown()).await {
+        tracing::error!(error = %e, "the rollup shutdown panicked");
+    }
     served
 }
 

@@ -80,9 +80,20 @@ impl TestApp {
         crm_config: CrmConfig,
         max_body_size: ByteSize,
     ) -> Self {
+        Self::with_query(auth, crm_config, max_body_size, QueryConfig::default()).await
+    }
+
+    /// [`TestApp::with`] and query settings (the rollups' time zone, ...). The rollups
+    /// are not refreshed in the background: call `engine().rollups().refresh_now()`.
+    pub(crate) async fn with_query(
+        auth: AuthConfig,
+        crm_config: CrmConfig,
+        max_body_size: ByteSize,
+        query: QueryConfig,
+    ) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let store = Store::open(dir.path(), StoreConfig::default()).expect("store opens");
-        let engine = QueryEngine::new(store.clone(), QueryConfig::default()).expect("engine");
+        let engine = QueryEngine::new(store.clone(), query).expect("engine");
         let mut registry = Registry::default();
         store.register_metrics(&mut registry);
         engine.register_metrics(&mut registry);
@@ -145,6 +156,17 @@ impl TestApp {
             None => Body::empty(),
         };
         self.send(request.body(body).expect("request builds")).await
+    }
+
+    /// Writes line protocol (times in seconds) as `token`, a write-capable caller;
+    /// panics unless every line is stored.
+    pub(crate) async fn write_lp(&self, token: &str, lines: &str) {
+        let request = Request::post("/api/v3/write_lp?precision=s")
+            .header(header::AUTHORIZATION, format!("Bearer {token}"))
+            .body(Body::from(lines.to_owned()))
+            .expect("request builds");
+        let answer = self.send(request).await;
+        assert_eq!(answer.status, StatusCode::NO_CONTENT, "{}", answer.text());
     }
 
     /// A user with `role` and [`PASSWORD`], signed in: the user and a session token.

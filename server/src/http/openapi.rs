@@ -16,7 +16,7 @@ use utoipa::{Modify, OpenApi, ToSchema};
 
 // The handler modules: `paths(...)` below names their functions.
 use super::rest::{accounts, devices, readings, sites, tokens, users};
-use super::{ops, sql, write};
+use super::{latest, ops, series, sql, write};
 use crate::auth;
 
 /// The document's source: handlers, shared schemas, security schemes, tags.
@@ -51,6 +51,9 @@ use crate::auth;
         write::write_json,
         sql::sql_get,
         sql::sql_post,
+        series::series,
+        series::energy,
+        latest::latest,
         users::list_users,
         users::create_user,
         users::get_user,
@@ -83,6 +86,8 @@ use crate::auth;
         (name = "auth", description = "Login sessions"),
         (name = "write", description = "Writing readings (InfluxDB line protocol, JSON)"),
         (name = "sql", description = "Read-only SQL over the readings"),
+        (name = "charts", description = "Readings per time bucket, and a site's energy balance (portal, scoped)"),
+        (name = "latest", description = "The newest values of every device (portal, scoped)"),
         (name = "users", description = "Users (staff read, admins change)"),
         (name = "accounts", description = "Billing accounts (portal reads, staff change)"),
         (name = "sites", description = "Sites and their readings (portal reads, staff change)"),
@@ -287,6 +292,10 @@ mod tests {
             "NewApiToken",
             "CreatedToken",
             "Readings",
+            "Latest",
+            "LatestRow",
+            "Series",
+            "Energy",
             "Role",
             "DeviceKind",
             "ErrorBody",

@@ -203,10 +203,10 @@ fn page(limit: Option<u32>, offset: Option<u64>) -> Page {
 }
 
 /// The caller's principal, as the authorize middleware left it.
-type Caller = Extension<Principal>;
+pub(crate) type Caller = Extension<Principal>;
 
 /// The user whose data a scoped read is limited to, if any.
-fn owner(principal: &Principal) -> Option<i64> {
+pub(crate) fn owner(principal: &Principal) -> Option<i64> {
     match principal.scope() {
         Scope::All => None,
         Scope::Owner(user_id) => Some(user_id),
@@ -215,7 +215,7 @@ fn owner(principal: &Principal) -> Option<i64> {
 
 /// The answer for an id that does not exist or is outside the caller's scope: the
 /// same text either way, so a customer learns nothing from another customer's ids.
-fn missing(entity: &'static str, id: impl ToString) -> ApiError {
+pub(crate) fn missing(entity: &'static str, id: impl ToString) -> ApiError {
     crm::Error::NotFound {
         entity,
         id: id.to_string(),
@@ -233,7 +233,11 @@ async fn owns_site(crm: &Crm, user_id: i64, site: &Site) -> Result<bool, ApiErro
 }
 
 /// The site with this id if the caller may see it; otherwise 404 as if it did not exist.
-async fn visible_site(crm: &Crm, principal: &Principal, id: i64) -> Result<Site, ApiError> {
+pub(crate) async fn visible_site(
+    crm: &Crm,
+    principal: &Principal,
+    id: i64,
+) -> Result<Site, ApiError> {
     let site = crm.sites().get(id).await?;
     match owner(principal) {
         Some(user_id) if !owns_site(crm, user_id, &site).await? => Err(missing("site", id)),

@@ -10,7 +10,7 @@ use axum::http::Method;
 use axum::middleware;
 use axum::routing::{MethodFilter, MethodRouter, on};
 
-use super::{AppState, ops, rest, sql, write};
+use super::{AppState, latest, ops, rest, series, sql, write};
 use crate::auth::{self, Rule};
 
 /// One route and method, the rule that guards it, and its handler.
@@ -86,6 +86,11 @@ pub(crate) fn endpoints() -> Vec<Endpoint> {
         // SQL.
         Endpoint::new(M::GET, "/api/v1/sql", Rule::Sql, sql::sql_get),
         Endpoint::new(M::POST, "/api/v1/sql", Rule::Sql, sql::sql_post),
+        // Charts: scoped like the site readings.
+        Endpoint::new(M::GET, "/api/v1/series", Rule::Portal, series::series),
+        Endpoint::new(M::GET, "/api/v1/energy", Rule::Portal, series::energy),
+        // The newest values of the caller's devices, from the last-value cache.
+        Endpoint::new(M::GET, "/api/v1/latest", Rule::Portal, latest::latest),
     ];
     endpoints.extend(rest::endpoints());
     endpoints

@@ -7,7 +7,9 @@
 mod auth;
 mod broker;
 mod common;
+mod crosscheck;
 mod durability;
+mod latest;
 mod modbus;
 mod mqtt;
 mod ops;

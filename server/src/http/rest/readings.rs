@@ -18,7 +18,7 @@ use std::time::Duration;
 use axum::Json;
 use axum::extract::State;
 use chrono::{DateTime, SecondsFormat, Utc};
-use crm::{DeviceFilter, FieldError, Page, SiteAssignment};
+use crm::{Device, DeviceFilter, DeviceKind, FieldError, Page, SiteAssignment};
 use query::OutputFormat;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -31,10 +31,10 @@ use crate::http::error::ApiError;
 use crate::http::openapi::{ErrorBody, ValidationErrorBody};
 
 /// The tag that names a reading's device; the registry maps it to a site.
-const DEVICE_COLUMN: &str = "device_id";
+pub(crate) const DEVICE_COLUMN: &str = "device_id";
 
-/// The window when the request gives no `from`.
-const DEFAULT_WINDOW: Duration = Duration::from_secs(24 * 3600);
+/// The window when the request gives no `from` (also the chart API's, `http::series`).
+pub(crate) const DEFAULT_WINDOW: Duration = Duration::from_secs(24 * 3600);
 
 /// Rows returned when the request gives no `limit`.
 const DEFAULT_LIMIT: u32 = 1000;
@@ -182,7 +182,7 @@ fn check(state: &AppState, query: &ReadingsQuery, now: DateTime<Utc>) -> Result<
 }
 
 /// An optional RFC 3339 time; a bad one is added to `errors`.
-fn parse_time(
+pub(crate) fn parse_time(
     errors: &mut Vec<FieldError>,
     field: &str,
     value: Option<&str>,
@@ -200,18 +200,26 @@ fn parse_time(
 }
 
 /// A device of the site, and from when its readings are the site's.
-#[derive(Debug)]
-struct SiteDevice {
+#[derive(Debug, Clone)]
+pub(crate) struct SiteDevice {
     /// The telemetry `device_id`.
-    device_id: String,
+    pub(crate) device_id: String,
+    /// What the registry says the device is (the energy balance picks meters,
+    /// inverters and batteries by it).
+    pub(crate) kind: DeviceKind,
     /// Rows before this time belong to a site the device left; `None` when every row
     /// in the window is this site's.
-    since: Option<DateTime<Utc>>,
+    pub(crate) since: Option<DateTime<Utc>>,
 }
 
-/// Every device registered on the site; a `since` at or before `from` (the window's
-/// start) is dropped, as it would hide nothing.
-async fn site_devices(
+/// Every device registered on the site, each with the time its rows start to count.
+///
+/// `from` is the earliest time the caller's statements read: a `since` at or before
+/// it hides nothing and is dropped (a shorter condition). A caller that reads before
+/// its request's window (the chart API widens it to whole buckets and looks back for
+/// energy steps; the last-value cache has no window) passes [`DateTime::MIN_UTC`],
+/// which keeps every `since`.
+pub(crate) async fn site_devices(
     state: &AppState,
     site_id: i64,
     from: DateTime<Utc>,
@@ -221,28 +229,40 @@ async fn site_devices(
         ..DeviceFilter::default()
     };
     let mut found = Vec::new();
+    for d in all_devices(state, &filter).await? {
+        // The store's own clock wrote it; out of range means a damaged row.
+        let since = d
+            .assigned_ms
+            .map(|ms| {
+                DateTime::from_timestamp_millis(ms).ok_or_else(|| {
+                    ApiError::internal(std::io::Error::other(format!(
+                        "device {:?} has assigned_ms {ms}, out of range",
+                        d.device_id
+                    )))
+                })
+            })
+            .transpose()?;
+        found.push(SiteDevice {
+            device_id: d.device_id,
+            kind: d.kind,
+            since: since.filter(|t| *t > from),
+        });
+    }
+    Ok(found)
+}
+
+/// Every device of the registry that `filter` matches, however many pages that takes.
+/// Shared with the last-value endpoint (`http::latest`).
+pub(crate) async fn all_devices(
+    state: &AppState,
+    filter: &DeviceFilter,
+) -> Result<Vec<Device>, ApiError> {
+    let mut found = Vec::new();
     let mut page = Page::first(Page::MAX_LIMIT);
     loop {
-        let devices = state.crm().devices().list(&filter, page).await?;
+        let devices = state.crm().devices().list(filter, page).await?;
         let full = devices.len() >= usize::try_from(Page::MAX_LIMIT).unwrap_or(usize::MAX);
-        for d in devices {
-            // The store's own clock wrote it; out of range means a damaged row.
-            let since = d
-                .assigned_ms
-                .map(|ms| {
-                    DateTime::from_timestamp_millis(ms).ok_or_else(|| {
-                        ApiError::internal(std::io::Error::other(format!(
-                            "device {:?} has assigned_ms {ms}, out of range",
-                            d.device_id
-                        )))
-                    })
-                })
-                .transpose()?;
-            found.push(SiteDevice {
-                device_id: d.device_id,
-                since: since.filter(|t| *t > from),
-            });
-        }
+        found.extend(devices);
         if !full {
             return Ok(found);
         }
@@ -252,9 +272,28 @@ async fn site_devices(
 
 /// The statement for `readings` of `devices` (not empty): every part is either checked
 /// (the table exists) and quoted, or a literal we escape, so no request text reaches
-/// SQL unquoted. Devices with all their rows in one `IN` list, each device that came
-/// from another site with its own `(device = .. AND time >= since)`.
+/// SQL unquoted.
 fn statement(readings: &Readings, devices: &[SiteDevice]) -> String {
+    let device = identifier(DEVICE_COLUMN);
+    let time = identifier(TIME_COLUMN);
+    let devices = device_filter(devices);
+    let mut sql = String::new();
+    let _ = write!(
+        sql,
+        "SELECT * FROM {table} WHERE {devices} \
+         AND {time} >= {from} AND {time} < {to} ORDER BY {time}, {device} LIMIT {limit}",
+        table = identifier(&readings.table),
+        from = literal(&readings.from),
+        to = literal(&readings.to),
+        limit = readings.limit,
+    );
+    sql
+}
+
+/// The condition that keeps `devices`' rows (not empty), each from its `since`: the
+/// devices with all their rows in one `IN` list, each device that came from another
+/// site with its own `(device = .. AND time >= since)`. Shared with the chart API.
+pub(crate) fn device_filter(devices: &[SiteDevice]) -> String {
     let device = identifier(DEVICE_COLUMN);
     let time = identifier(TIME_COLUMN);
     let mut whole = Vec::new();
@@ -272,34 +311,24 @@ fn statement(readings: &Readings, devices: &[SiteDevice]) -> String {
     if !whole.is_empty() {
         alternatives.insert(0, format!("{device} IN ({})", whole.join(", ")));
     }
-    let devices = match alternatives.as_slice() {
+    match alternatives.as_slice() {
         [one] => one.clone(),
         _ => format!("({})", alternatives.join(" OR ")),
-    };
-    let mut sql = String::new();
-    let _ = write!(
-        sql,
-        "SELECT * FROM {table} WHERE {devices} \
-         AND {time} >= {from} AND {time} < {to} ORDER BY {time}, {device} LIMIT {limit}",
-        table = identifier(&readings.table),
-        from = literal(&readings.from),
-        to = literal(&readings.to),
-        limit = readings.limit,
-    );
-    sql
+    }
 }
 
 /// A SQL identifier, double-quoted (case kept; `"` doubled).
-fn identifier(name: &str) -> String {
+pub(crate) fn identifier(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
 /// A SQL string literal (`'` doubled).
-fn literal(text: &str) -> String {
+pub(crate) fn literal(text: &str) -> String {
     format!("'{}'", text.replace('\'', "''"))
 }
 
-fn rfc3339(t: DateTime<Utc>) -> String {
+/// RFC 3339 in UTC with as many fraction digits as needed (`Z`).
+pub(crate) fn rfc3339(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::AutoSi, true)
 }
 
@@ -323,6 +352,7 @@ mod tests {
     fn device(device_id: &str, since_ms: Option<i64>) -> SiteDevice {
         SiteDevice {
             device_id: device_id.to_owned(),
+            kind: DeviceKind::Meter,
             since: since_ms.map(|ms| DateTime::from_timestamp_millis(ms).unwrap()),
         }
     }

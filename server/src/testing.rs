@@ -161,7 +161,12 @@ impl TestApp {
     /// Writes line protocol (times in seconds) as `token`, a write-capable caller;
     /// panics unless every line is stored.
     pub(crate) async fn write_lp(&self, token: &str, lines: &str) {
-        let request = Request::post("/api/v3/write_lp?precision=s")
+        self.write_lp_in(token, "s", lines).await;
+    }
+
+    /// [`TestApp::write_lp`] with times in `precision` (`ns`, `us`, `ms`, `s`).
+    pub(crate) async fn write_lp_in(&self, token: &str, precision: &str, lines: &str) {
+        let request = Request::post(format!("/api/v3/write_lp?precision={precision}"))
             .header(header::AUTHORIZATION, format!("Bearer {token}"))
             .body(Body::from(lines.to_owned()))
             .expect("request builds");

@@ -3,9 +3,13 @@
 
 use std::collections::HashMap;
 
-use arrow::array::{Array, ArrayRef, AsArray, Float64Array, Int64Array, RecordBatch, StringArray};
+use arrow::array::{
+    Array, ArrayRef, AsArray, Float64Array, Int64Array, PrimitiveArray, RecordBatch, StringArray,
+};
 use arrow::compute::cast;
-use arrow::datatypes::{DataType, Float64Type, Int64Type, Schema, TimestampNanosecondType};
+use arrow::datatypes::{
+    ArrowPrimitiveType, DataType, Float64Type, Int64Type, Schema, TimestampNanosecondType,
+};
 use arrow::error::ArrowError;
 use arrow::row::{RowConverter, SortField};
 use storage::{COLUMN_ROLE_KEY, FieldValue, Row, TIME_COLUMN};
@@ -172,36 +176,29 @@ fn group(batches: &[RecordBatch], tags: &[String]) -> Result<Vec<Series>, ArrowE
     Ok(series)
 }
 
-/// `name` of every batch as Float64 (None where a batch lacks it).
-fn floats(batches: &[RecordBatch], name: &str) -> Result<Vec<Option<Float64Array>>, ArrowError> {
+/// `name` of every batch cast to `T` (None where a batch lacks it).
+fn cast_columns<T: ArrowPrimitiveType>(
+    batches: &[RecordBatch],
+    name: &str,
+) -> Result<Vec<Option<PrimitiveArray<T>>>, ArrowError> {
     batches
         .iter()
         .map(|b| {
             b.column_by_name(name)
-                .map(|c| {
-                    Ok(cast(c, &DataType::Float64)?
-                        .as_primitive::<Float64Type>()
-                        .clone())
-                })
+                .map(|c| Ok(cast(c, &T::DATA_TYPE)?.as_primitive::<T>().clone()))
                 .transpose()
         })
         .collect()
 }
 
+/// `name` of every batch as Float64 (None where a batch lacks it).
+fn floats(batches: &[RecordBatch], name: &str) -> Result<Vec<Option<Float64Array>>, ArrowError> {
+    cast_columns::<Float64Type>(batches, name)
+}
+
 /// `name` of every batch as Int64 (None where a batch lacks it).
 fn integers(batches: &[RecordBatch], name: &str) -> Result<Vec<Option<Int64Array>>, ArrowError> {
-    batches
-        .iter()
-        .map(|b| {
-            b.column_by_name(name)
-                .map(|c| {
-                    Ok(cast(c, &DataType::Int64)?
-                        .as_primitive::<Int64Type>()
-                        .clone())
-                })
-                .transpose()
-        })
-        .collect()
+    cast_columns::<Int64Type>(batches, name)
 }
 
 /// A real value of a column at a row: NULL, NaN and infinities are all missing (as

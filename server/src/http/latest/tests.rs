@@ -2,25 +2,11 @@
 //! scoping (others' sites and devices answer like missing ones, a moved device shows
 //! its new site only what it sent there), and the table checks.
 
-use axum::body::Body;
-use axum::http::{Request, StatusCode, header};
+use axum::http::StatusCode;
 use crm::Role;
 use serde_json::{Value, json};
 
 use crate::testing::{Answer, TestApp};
-
-/// Writes line protocol (nanosecond times) as `token`.
-async fn write(app: &TestApp, token: &str, lines: &str) {
-    let answer = app
-        .send(
-            Request::post("/api/v3/write_lp?precision=ns")
-                .header(header::AUTHORIZATION, format!("Bearer {token}"))
-                .body(Body::from(lines.to_owned()))
-                .unwrap(),
-        )
-        .await;
-    assert_eq!(answer.status, StatusCode::NO_CONTENT, "{}", answer.text());
-}
 
 /// Registers `device` on `site` as staff; returns its crm id.
 async fn register(app: &TestApp, admin: &str, device: &str, site: i64) -> i64 {
@@ -83,9 +69,9 @@ async fn latest_values_follow_writes_and_filters() {
     let (owner, _) = app.user(Role::Customer, "owner@example.com").await;
     let (_, site) = app.home(&owner, "ACC-1").await;
     register(&app, &admin, "m1", site.id).await;
-    write(
-        &app,
+    app.write_lp_in(
         &admin,
+        "ns",
         &format!(
             "sensor,device_id=m1 power=1,energy_wh=10i,quality=\"good\" {T}\n\
              sensor,device_id=m1 power=2 {}\n\
@@ -135,9 +121,9 @@ async fn latest_values_follow_writes_and_filters() {
     );
 
     // A newer write is there as soon as it is acknowledged.
-    write(
-        &app,
+    app.write_lp_in(
         &admin,
+        "ns",
         &format!("sensor,device_id=m2 power=30 {}\n", T + 2_000_000_000),
     )
     .await;
@@ -182,9 +168,9 @@ async fn customers_see_only_their_devices_and_others_look_missing() {
     register(&app, &admin, "a-meter", alice_site.id).await;
     register(&app, &admin, "a-plug", alice_second.id).await;
     register(&app, &admin, "b-meter", bob_site.id).await;
-    write(
-        &app,
+    app.write_lp_in(
         &admin,
+        "ns",
         &format!(
             "meter,device_id=a-meter power=1 {T}\n\
              plug,device_id=a-plug power=2 {T}\n\
@@ -265,9 +251,9 @@ async fn a_moved_device_hides_its_previous_owners_values() {
     let (_, alice_site) = app.home(&alice_user, "ACC-A").await;
     let (_, bob_site) = app.home(&bob_user, "ACC-B").await;
     let mover = register(&app, &admin, "mover", alice_site.id).await;
-    write(
-        &app,
+    app.write_lp_in(
         &admin,
+        "ns",
         &format!("meter,device_id=mover power=1,energy_wh=100 {T}\n"),
     )
     .await;
@@ -292,9 +278,9 @@ async fn a_moved_device_hides_its_previous_owners_values() {
     assert_eq!(answer.status, StatusCode::NOT_FOUND, "{}", answer.text());
 
     // Bob's first reading has power only: the energy register's value is Alice's.
-    write(
-        &app,
+    app.write_lp_in(
         &admin,
+        "ns",
         &format!(
             "meter,device_id=mover power=10 {}\n",
             moved_ns + 1_000_000_000
@@ -334,9 +320,9 @@ async fn tables_must_exist_and_have_last_values() {
     let app = TestApp::new().await;
     app.state.engine().latest().warmed().await;
     let (_, admin) = app.user(Role::Admin, "admin@example.com").await;
-    write(
-        &app,
+    app.write_lp_in(
         &admin,
+        "ns",
         &format!("meter_15m,device_id=m power_avg=1 {T}\nmeter,device_id=m power=1 {T}\n"),
     )
     .await;

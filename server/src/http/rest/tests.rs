@@ -750,19 +750,6 @@ async fn tokens_are_shown_once_then_only_their_metadata() {
     app.finish().await;
 }
 
-/// Writes line protocol as `token` (a write-capable caller).
-async fn write(app: &TestApp, token: &str, lines: &str) {
-    let answer = app
-        .send(
-            Request::post("/api/v3/write_lp?precision=s")
-                .header(header::AUTHORIZATION, format!("Bearer {token}"))
-                .body(Body::from(lines.to_owned()))
-                .unwrap(),
-        )
-        .await;
-    assert_eq!(answer.status, StatusCode::NO_CONTENT, "{}", answer.text());
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn site_readings_are_the_sites_devices_and_scoped() {
     let app = TestApp::new().await;
@@ -788,8 +775,7 @@ async fn site_readings_are_the_sites_devices_and_scoped() {
         assert_eq!(answer.status, StatusCode::CREATED, "{}", answer.text());
     }
     // 2026-01-01T00:00:00Z and a minute later.
-    write(
-        &app,
+    app.write_lp(
         &admin_token,
         "meter,device_id=a-meter power=1 1767225600\n\
          meter,device_id=a-plug power=2 1767225600\n\
@@ -1000,8 +986,7 @@ async fn a_moved_device_shows_the_new_site_only_its_new_readings() {
         }
     }
     // Alice's and Bob's own history, 2026-01-01T00:00:00Z.
-    write(
-        &app,
+    app.write_lp(
         &admin_token,
         "meter,device_id=mover power=1 1767225600\n\
          meter,device_id=b-meter power=3 1767225600\n",
@@ -1022,8 +1007,7 @@ async fn a_moved_device_shows_the_new_site_only_its_new_readings() {
         .unwrap_or_else(|| panic!("no assigned_ms: {}", answer.text()));
     // One of Alice's readings arriving late (a gateway's buffer), then Bob's.
     let moved_s = moved_ms.div_euclid(1000);
-    write(
-        &app,
+    app.write_lp(
         &admin_token,
         &format!(
             "meter,device_id=mover power=2 {}\n\

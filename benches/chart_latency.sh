@@ -75,24 +75,27 @@ echo "one_meter: $rows rows"
     --interval 10s --start "$FLEET_START" --seconds "$FLEET_SECONDS" > "$work/write-fleet.out"
 echo "fleet_meter: $(sql "SELECT count(*) FROM fleet_meter") rows, $(sql "SELECT count(DISTINCT device_id) FROM fleet_meter") devices"
 
-# The refresh runs in the background: wait until the 15-minute rollup has every bucket
-# of the chart window (SERIES_DAYS * 96 of them).
-want=$((SERIES_DAYS * 96))
-for i in $(seq 600); do
-    have=$(sql "SELECT count(*) FROM one_meter_15m WHERE time < TIMESTAMP '$START' + INTERVAL '$SERIES_DAYS days'" 2> /dev/null || echo 0)
-    [ "${have:-0}" -ge "$want" ] && break
-    [ "$i" -eq 600 ] && { echo "chart_latency.sh: the rollup has $have of $want buckets after 10 minutes" >&2; exit 1; }
-    sleep 1
+# The refresh runs in the background: wait until every rollup of both tables is complete
+# (as many 15-minute and daily rows as the raw rows have series and buckets), so no
+# refresh competes with the timed queries.
+rolled_up() { # table, width, rollup table
+    local want have
+    want=$(sql "SELECT count(*) FROM (SELECT DISTINCT device_id, date_bin(INTERVAL '$2', time) FROM $1)")
+    have=$(sql "SELECT count(*) FROM $3" 2> /dev/null || echo 0)
+    echo "$3: $have of $want rows"
+    [ "${have:-0}" -ge "$want" ]
+}
+for table in one_meter fleet_meter; do
+    for i in $(seq 300); do
+        if rolled_up "$table" "15 minutes" "${table}_15m" > "$work/rolled" && rolled_up "$table" "1 day" "${table}_1d" >> "$work/rolled"; then
+            break
+        fi
+        [ "$i" -eq 300 ] && { cat "$work/rolled"; echo "chart_latency.sh: the rollups of $table are incomplete after 10 minutes" >&2; exit 1; }
+        sleep 2
+    done
+    cat "$work/rolled"
 done
-echo "one_meter_15m: $have buckets in the window"
-# And the fleet's daily rollup has every device, so no refresh runs during the queries.
-for i in $(seq 600); do
-    have=$(sql "SELECT count(DISTINCT device_id) FROM fleet_meter_1d" 2> /dev/null || echo 0)
-    [ "${have:-0}" -ge "$FLEET" ] && break
-    [ "$i" -eq 600 ] && { echo "chart_latency.sh: fleet_meter_1d has $have of $FLEET devices after 10 minutes" >&2; exit 1; }
-    sleep 1
-done
-sleep 12 # one more refresh interval (10 s by default) for the last buckets
+sleep 12 # one more refresh interval (10 s by default): the last pass has finished
 
 "$LOAD_BIN" query --url "$url" --table fleet_meter --series-table one_meter \
     --series-window "$((SERIES_DAYS * 24))h" --latest-window 100000h \

@@ -234,6 +234,51 @@ impl TestApp {
         (account, site)
     }
 
+    /// Registers `device_id` of `kind` on `site_id` through the API as `admin` (so the
+    /// registry cache learns it too); returns its crm id.
+    pub(crate) async fn device(
+        &self,
+        admin: &str,
+        kind: &str,
+        device_id: &str,
+        site_id: i64,
+    ) -> i64 {
+        let answer = self
+            .call(
+                "POST",
+                "/api/v1/devices",
+                Some(admin),
+                Some(serde_json::json!({"kind": kind, "device_id": device_id, "site_id": site_id})),
+            )
+            .await;
+        assert_eq!(answer.status, StatusCode::CREATED, "{}", answer.text());
+        answer.json()["id"].as_i64().expect("id")
+    }
+
+    /// Moves device `id` (`device_id` of `kind`) to `site_id` through the API as `admin`;
+    /// returns its `assigned_ms`, the time from which its readings are the new site's.
+    pub(crate) async fn move_device(
+        &self,
+        admin: &str,
+        id: i64,
+        kind: &str,
+        device_id: &str,
+        site_id: i64,
+    ) -> i64 {
+        let answer = self
+            .call(
+                "PUT",
+                &format!("/api/v1/devices/{id}"),
+                Some(admin),
+                Some(serde_json::json!({"kind": kind, "device_id": device_id, "site_id": site_id})),
+            )
+            .await;
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+        answer.json()["assigned_ms"]
+            .as_i64()
+            .expect("a moved device has assigned_ms")
+    }
+
     /// An API token.
     pub(crate) async fn token(
         &self,

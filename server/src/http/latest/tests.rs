@@ -8,20 +8,6 @@ use serde_json::{Value, json};
 
 use crate::testing::{Answer, TestApp};
 
-/// Registers `device` on `site` as staff; returns its crm id.
-async fn register(app: &TestApp, admin: &str, device: &str, site: i64) -> i64 {
-    let answer = app
-        .call(
-            "POST",
-            "/api/v1/devices",
-            Some(admin),
-            Some(json!({"kind": "meter", "device_id": device, "site_id": site})),
-        )
-        .await;
-    assert_eq!(answer.status, StatusCode::CREATED, "{}", answer.text());
-    answer.json()["id"].as_i64().unwrap()
-}
-
 /// GETs `/api/v1/latest?{query}` as `token`, expecting 200; returns the rows.
 async fn latest(app: &TestApp, token: &str, query: &str) -> Vec<Value> {
     let answer = get(app, token, query).await;
@@ -68,7 +54,7 @@ async fn latest_values_follow_writes_and_filters() {
     let (_, admin) = app.user(Role::Admin, "admin@example.com").await;
     let (owner, _) = app.user(Role::Customer, "owner@example.com").await;
     let (_, site) = app.home(&owner, "ACC-1").await;
-    register(&app, &admin, "m1", site.id).await;
+    app.device(&admin, "meter", "m1", site.id).await;
     app.write_lp_in(
         &admin,
         "ns",
@@ -165,9 +151,9 @@ async fn customers_see_only_their_devices_and_others_look_missing() {
     let (_, alice_site) = app.home(&alice_user, "ACC-A").await;
     let (_, alice_second) = app.home(&alice_user, "ACC-A2").await;
     let (_, bob_site) = app.home(&bob_user, "ACC-B").await;
-    register(&app, &admin, "a-meter", alice_site.id).await;
-    register(&app, &admin, "a-plug", alice_second.id).await;
-    register(&app, &admin, "b-meter", bob_site.id).await;
+    app.device(&admin, "meter", "a-meter", alice_site.id).await;
+    app.device(&admin, "meter", "a-plug", alice_second.id).await;
+    app.device(&admin, "meter", "b-meter", bob_site.id).await;
     app.write_lp_in(
         &admin,
         "ns",
@@ -250,7 +236,7 @@ async fn a_moved_device_hides_its_previous_owners_values() {
     let (bob_user, bob) = app.user(Role::Customer, "bob@example.com").await;
     let (_, alice_site) = app.home(&alice_user, "ACC-A").await;
     let (_, bob_site) = app.home(&bob_user, "ACC-B").await;
-    let mover = register(&app, &admin, "mover", alice_site.id).await;
+    let mover = app.device(&admin, "meter", "mover", alice_site.id).await;
     app.write_lp_in(
         &admin,
         "ns",
@@ -259,16 +245,10 @@ async fn a_moved_device_hides_its_previous_owners_values() {
     .await;
     assert_eq!(latest(&app, &alice, "").await.len(), 1);
 
-    let answer = app
-        .call(
-            "PUT",
-            &format!("/api/v1/devices/{mover}"),
-            Some(&admin),
-            Some(json!({"kind": "meter", "device_id": "mover", "site_id": bob_site.id})),
-        )
-        .await;
-    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
-    let moved_ns = answer.json()["assigned_ms"].as_i64().unwrap() * 1_000_000;
+    let moved_ns = app
+        .move_device(&admin, mover, "meter", "mover", bob_site.id)
+        .await
+        * 1_000_000;
 
     // Before its first reading at Bob's, the meter's newest values are Alice's.
     assert!(latest(&app, &bob, "").await.is_empty());

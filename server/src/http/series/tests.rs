@@ -14,21 +14,6 @@ use super::Balance;
 use crate::auth::AuthConfig;
 use crate::testing::{Answer, TestApp};
 
-/// Registers `device_id` of `kind` on `site_id` through the API (which also tells the
-/// registry cache); returns its id.
-async fn device(app: &TestApp, admin: &str, kind: &str, device_id: &str, site_id: i64) -> i64 {
-    let answer = app
-        .call(
-            "POST",
-            "/api/v1/devices",
-            Some(admin),
-            Some(json!({"kind": kind, "device_id": device_id, "site_id": site_id})),
-        )
-        .await;
-    assert_eq!(answer.status, StatusCode::CREATED, "{}", answer.text());
-    answer.json()["id"].as_i64().expect("id")
-}
-
 /// `GET uri` as `token`, which must answer 200.
 async fn get(app: &TestApp, token: &str, uri: &str) -> Value {
     let answer = app.call("GET", uri, Some(token), None).await;
@@ -125,8 +110,8 @@ async fn a_sites_series_combines_its_devices_total_series() {
     let (_, admin) = app.user(Role::Admin, "admin@example.com").await;
     let (alice, alice_token) = app.user(Role::Customer, "alice@example.com").await;
     let (_, site) = app.home(&alice, "ACC-A").await;
-    device(&app, &admin, "meter", "a", site.id).await;
-    device(&app, &admin, "meter", "b", site.id).await;
+    app.device(&admin, "meter", "a", site.id).await;
+    app.device(&admin, "meter", "b", site.id).await;
     let t = |minute: i64| seconds("2026-01-01T00:00:00Z") + minute * 60;
     let mut lines = String::new();
     for (device, minute, power, energy) in [
@@ -264,8 +249,8 @@ async fn rollups_and_raw_rows_agree_in_berlin_across_dst() {
         let (_, admin) = app.user(Role::Admin, "admin@example.com").await;
         let (alice, alice_token) = app.user(Role::Customer, "alice@example.com").await;
         let (_, site) = app.home(&alice, "ACC-A").await;
-        device(&app, &admin, "meter", "m1", site.id).await;
-        device(&app, &admin, "meter", "m2", site.id).await;
+        app.device(&admin, "meter", "m1", site.id).await;
+        app.device(&admin, "meter", "m2", site.id).await;
         write_october(&app, &admin).await;
         refresh_rollups(&app).await;
 
@@ -400,8 +385,8 @@ async fn customers_see_only_their_own_sites_and_devices() {
     let (bob, bob_token) = app.user(Role::Customer, "bob@example.com").await;
     let (_, alice_site) = app.home(&alice, "ACC-A").await;
     let (_, bob_site) = app.home(&bob, "ACC-B").await;
-    device(&app, &admin, "meter", "a-meter", alice_site.id).await;
-    device(&app, &admin, "meter", "b-meter", bob_site.id).await;
+    app.device(&admin, "meter", "a-meter", alice_site.id).await;
+    app.device(&admin, "meter", "b-meter", bob_site.id).await;
     app.write_lp(
         &admin,
         &format!(
@@ -501,17 +486,10 @@ async fn a_moved_device_counts_for_its_new_site_from_its_arrival() {
     let (bob, bob_token) = app.user(Role::Customer, "bob@example.com").await;
     let (_, alice_site) = app.home(&alice, "ACC-A").await;
     let (_, bob_site) = app.home(&bob, "ACC-B").await;
-    let mover = device(&app, &admin, "meter", "mover", alice_site.id).await;
-    let answer = app
-        .call(
-            "PUT",
-            &format!("/api/v1/devices/{mover}"),
-            Some(&admin),
-            Some(json!({"kind": "meter", "device_id": "mover", "site_id": bob_site.id})),
-        )
+    let mover = app.device(&admin, "meter", "mover", alice_site.id).await;
+    let moved_ms = app
+        .move_device(&admin, mover, "meter", "mover", bob_site.id)
         .await;
-    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
-    let moved_ms = answer.json()["assigned_ms"].as_i64().expect("assigned_ms");
     let moved_s = moved_ms.div_euclid(1000);
     // The quarter hour of the move, and the ones before and after it.
     let quarter = 900;
@@ -611,17 +589,10 @@ async fn a_moved_devices_previous_owner_never_shows() {
     let (bob, bob_token) = app.user(Role::Customer, "bob@example.com").await;
     let (_, alice_site) = app.home(&alice, "ACC-A").await;
     let (_, bob_site) = app.home(&bob, "ACC-B").await;
-    let mover = device(&app, &admin, "meter", "mover", alice_site.id).await;
-    let answer = app
-        .call(
-            "PUT",
-            &format!("/api/v1/devices/{mover}"),
-            Some(&admin),
-            Some(json!({"kind": "meter", "device_id": "mover", "site_id": bob_site.id})),
-        )
+    let mover = app.device(&admin, "meter", "mover", alice_site.id).await;
+    let moved_ms = app
+        .move_device(&admin, mover, "meter", "mover", bob_site.id)
         .await;
-    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
-    let moved_ms = answer.json()["assigned_ms"].as_i64().expect("assigned_ms");
     let quarter = 900;
     // The quarter after the one of the move.
     let next_quarter = moved_ms.div_euclid(1000 * quarter) * quarter + quarter;
@@ -768,7 +739,7 @@ async fn raw_reads_skip_non_finite_values_and_step_within_each_series() {
     let (_, admin) = app.user(Role::Admin, "admin@example.com").await;
     let (alice, alice_token) = app.user(Role::Customer, "alice@example.com").await;
     let (_, site) = app.home(&alice, "ACC-A").await;
-    device(&app, &admin, "meter", "a", site.id).await;
+    app.device(&admin, "meter", "a", site.id).await;
     let start = seconds("2026-01-01T00:00:00Z");
     let mut lines = String::new();
     for i in 0..120_i64 {
@@ -883,10 +854,10 @@ async fn energy_balances_grid_solar_and_battery_per_day() {
     let (carol, carol_token) = app.user(Role::Customer, "carol@example.com").await;
     let (_, site) = app.home(&carol, "ACC-C").await;
     let (_, plain) = app.home(&carol, "ACC-C2").await;
-    device(&app, &admin, "meter", "c-meter", site.id).await;
-    device(&app, &admin, "inverter", "c-pv", site.id).await;
-    device(&app, &admin, "battery", "c-bat", site.id).await;
-    device(&app, &admin, "meter", "p-meter", plain.id).await;
+    app.device(&admin, "meter", "c-meter", site.id).await;
+    app.device(&admin, "inverter", "c-pv", site.id).await;
+    app.device(&admin, "battery", "c-bat", site.id).await;
+    app.device(&admin, "meter", "p-meter", plain.id).await;
     let start = seconds("2026-03-10T00:00:00+01:00");
     let mut lines = String::new();
     let mut production = 50_000.0;
@@ -1017,7 +988,7 @@ async fn bad_parameters_are_named() {
     let (_, admin) = app.user(Role::Admin, "admin@example.com").await;
     let (alice, alice_token) = app.user(Role::Customer, "alice@example.com").await;
     let (_, site) = app.home(&alice, "ACC-A").await;
-    device(&app, &admin, "meter", "a", site.id).await;
+    app.device(&admin, "meter", "a", site.id).await;
     app.write_lp(
         &admin,
         &format!(
@@ -1187,7 +1158,7 @@ async fn auto_steps_give_at_most_1500_points() {
     let (_, admin) = app.user(Role::Admin, "admin@example.com").await;
     let (alice, alice_token) = app.user(Role::Customer, "alice@example.com").await;
     let (_, site) = app.home(&alice, "ACC-A").await;
-    device(&app, &admin, "meter", "a", site.id).await;
+    app.device(&admin, "meter", "a", site.id).await;
     app.write_lp(
         &admin,
         &format!(

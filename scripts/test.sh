@@ -61,12 +61,15 @@ fi
 #   (server/tests/e2e/auth.rs);
 # - DuckDB, which buckets the Parquet files gridlake wrote to check gridlake's
 #   time_bucket and energy answers (server/tests/e2e/crosscheck.rs).
+# - moto, an S3 server (the S3 API implemented in Python, run as a real HTTP server)
+#   that the storage tests run every store test against besides the local disk
+#   (storage/tests/common/backend.rs).
 # Installed only when missing; the tests fail without them when CI=true and are skipped
 # (with a message) otherwise. The check imports what the tests use: an older pymodbus
 # without the SimData/SimDevice datastore counts as missing, and --upgrade replaces it.
 # Pinned to the minor versions the tests were written against.
-PIP_PACKAGES=("pymodbus==3.16.*" "pysunspec2==1.3.*" "openapi-spec-validator==0.9.*" "duckdb==1.5.*")
-PIP_CHECK='from pymodbus.simulator import SimData, SimDevice; import sunspec2.device; from openapi_spec_validator import validate; import duckdb'
+PIP_PACKAGES=("pymodbus==3.16.*" "pysunspec2==1.3.*" "openapi-spec-validator==0.9.*" "duckdb==1.5.*" "moto[server]==5.2.*")
+PIP_CHECK='from pymodbus.simulator import SimData, SimDevice; import sunspec2.device; from openapi_spec_validator import validate; import duckdb; from moto.server import ThreadedMotoServer'
 
 install_python_packages() {
     if ! command -v python3 >/dev/null 2>&1; then
@@ -90,7 +93,7 @@ if ! python3 -c "$PIP_CHECK"; then
     echo "python3 still cannot import the test peers' packages (${PIP_PACKAGES[*]}) after pip install" >&2
     exit 1
 fi
-# The peer tests (SunSpec, OpenAPI validator, DuckDB) fail rather than skip when they cannot run.
+# The peer tests (SunSpec, OpenAPI validator, DuckDB, moto S3) fail rather than skip when they cannot run.
 export GRIDLAKE_REQUIRE_PEERS=1
 
 log "toolchain"

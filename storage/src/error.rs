@@ -45,9 +45,53 @@ pub enum Error {
         /// Why it could not be used.
         reason: String,
     },
+    /// A request to the store (a delete, a retention) is not valid; the text says why.
+    #[error("{0}")]
+    Invalid(String),
+    /// A request to object storage (S3) failed, after the client's retries.
+    #[error("{op} {path}: {source}")]
+    ObjectStore {
+        /// What we were doing.
+        op: &'static str,
+        /// The object, with its backend: `s3://bucket/prefix/tables/...`.
+        path: String,
+        /// The client's error (boxed: it is large, and errors travel in `Result`s of
+        /// the write path).
+        #[source]
+        source: Box<object_store::Error>,
+    },
+    /// A setting is missing or contradicts another.
+    #[error("{key}: {reason}")]
+    Config {
+        /// The setting, as in the config file (`storage.s3_bucket`).
+        key: &'static str,
+        /// What is wrong and what to set.
+        reason: String,
+    },
     /// The writer thread stopped unexpectedly; the store needs a restart.
     #[error("the WAL writer has stopped")]
     WriterGone,
+    /// Compaction could not read one of its input files; the partition's files stay as
+    /// they are.
+    #[error("compacting table {table}: file {path}: {source}")]
+    Compaction {
+        /// The table being compacted.
+        table: String,
+        /// The input file, relative to the storage root.
+        path: String,
+        /// What went wrong reading it.
+        #[source]
+        source: Box<Error>,
+    },
+    /// A Parquet file is not sorted by series then time, as every file of the store is;
+    /// compaction refuses to merge it rather than deduplicate it wrongly.
+    #[error("compacting table {table}: file {path} is not sorted by series and time")]
+    UnsortedFile {
+        /// The table being compacted.
+        table: String,
+        /// The file, relative to the storage root.
+        path: String,
+    },
 }
 
 impl Error {

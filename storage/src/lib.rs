@@ -18,21 +18,27 @@
 
 mod buffer;
 mod catalog;
+mod compact;
 mod config;
 mod dedup;
 mod error;
 mod metrics;
+mod objects;
 mod persist;
 mod schema;
 mod store;
+mod tombstone;
 mod types;
 mod wal;
 
 pub use catalog::ParquetFile;
-pub use config::StoreConfig;
+pub use config::{ObjectStoreKind, StoreConfig};
 pub use error::{Error, Result};
 pub use schema::{COLUMN_ROLE_KEY, ColumnDef, ColumnKind, TableSchema};
-pub use store::{PreparedWrite, Store, StoreStats, WriteObserver, WriteReceipt};
+pub use store::{
+    CompactionStats, PreparedWrite, Store, StoreStats, TableStats, WriteObserver, WriteReceipt,
+};
+pub use tombstone::{DeletePredicate, Tombstone};
 pub use types::{
     FieldType, FieldValue, LineError, ParsedLine, Row, TIME_COLUMN, TableWrite, TimeRange,
     WriteBatch,

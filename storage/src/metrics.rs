@@ -16,6 +16,11 @@ pub(crate) struct Metrics {
     pub(crate) parquet_files: Gauge,
     pub(crate) parquet_bytes: Gauge,
     pub(crate) snapshots: Counter,
+    pub(crate) compactions: Counter,
+    pub(crate) compacted_files: Counter,
+    pub(crate) compaction_bytes_written: Counter,
+    pub(crate) expired_files: Counter,
+    pub(crate) tombstones: Gauge,
 }
 
 impl Default for Metrics {
@@ -30,6 +35,11 @@ impl Default for Metrics {
             parquet_files: Gauge::default(),
             parquet_bytes: Gauge::default(),
             snapshots: Counter::default(),
+            compactions: Counter::default(),
+            compacted_files: Counter::default(),
+            compaction_bytes_written: Counter::default(),
+            expired_files: Counter::default(),
+            tombstones: Gauge::default(),
         }
     }
 }
@@ -75,6 +85,31 @@ impl Metrics {
             "gridlake_snapshots",
             "Write-buffer snapshots persisted to Parquet",
             self.snapshots.clone(),
+        );
+        registry.register(
+            "gridlake_compactions",
+            "Runs of Parquet files merged by compaction",
+            self.compactions.clone(),
+        );
+        registry.register(
+            "gridlake_compacted_files",
+            "Parquet files replaced by compaction",
+            self.compacted_files.clone(),
+        );
+        registry.register(
+            "gridlake_compaction_bytes_written",
+            "Bytes of Parquet files written by compaction",
+            self.compaction_bytes_written.clone(),
+        );
+        registry.register(
+            "gridlake_expired_files",
+            "Parquet files dropped because all their rows outlived the table's retention",
+            self.expired_files.clone(),
+        );
+        registry.register(
+            "gridlake_tombstones",
+            "Deletes recorded but not yet applied to every file by compaction",
+            self.tombstones.clone(),
         );
     }
 }

@@ -4,8 +4,7 @@
 //! series (tags in table order) then time, and written with ZSTD compression and
 //! dictionary-encoded tags to `tables/<table>/<YYYY-MM-DD>/<file id>.parquet`.
 
-use std::fs::{self, File};
-use std::path::Path;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, RecordBatchOptions, TimestampNanosecondArray, new_null_array};
@@ -13,6 +12,7 @@ use arrow::array::{DictionaryArray, StringArray, UInt32Array};
 use arrow::compute::{concat_batches, filter_record_batch, take_record_batch};
 use arrow::datatypes::{DataType, Int32Type, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
+use bytes::Bytes;
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
@@ -24,10 +24,10 @@ use parquet::schema::types::ColumnPath;
 use crate::catalog::ParquetFile;
 use crate::config::StoreConfig;
 use crate::error::{Error, Result};
+use crate::objects::ObjectStorage;
 use crate::schema::{ColumnKind, TableSchema};
 use crate::types::FieldType;
 use crate::types::TimeRange;
-use crate::wal::sync_dir;
 
 const NANOS_PER_DAY: i64 = 86_400 * 1_000_000_000;
 
@@ -92,17 +92,72 @@ pub(crate) fn filter_time(
     Ok(filter_record_batch(&batch, &mask)?)
 }
 
-/// UTC day of a timestamp, as `YYYY-MM-DD`.
-fn day_name(day: i64) -> String {
+/// The name of a UTC day (days since the epoch), as `YYYY-MM-DD`.
+pub(crate) fn day_name(day: i64) -> String {
     chrono::DateTime::from_timestamp(day * 86_400, 0)
         .map(|d| d.format("%Y-%m-%d").to_string())
         .unwrap_or_else(|| format!("day{day}"))
 }
 
+/// Where the files of one partition (table, UTC day named by [`day_name`]) live, relative
+/// to the storage root: `tables/<table>/<YYYY-MM-DD>`.
+pub(crate) fn partition_dir(table: &str, day_name: &str) -> String {
+    format!("tables/{table}/{day_name}")
+}
+
+/// How every Parquet file of `schema` is written: ZSTD at the configured level, row
+/// groups of the configured size, sorted by the tags in table order (nulls first) then
+/// time, and each column in the encoding that suits its values.
+pub(crate) fn writer_properties(
+    schema: &TableSchema,
+    config: &StoreConfig,
+) -> Result<WriterProperties> {
+    let sorting: Vec<SortingColumn> = schema
+        .tag_positions()
+        .chain([0])
+        .map(|i| SortingColumn {
+            column_idx: i as i32,
+            descending: false,
+            nulls_first: true,
+        })
+        .collect();
+    let mut props = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(
+            config.parquet_zstd_level,
+        )?))
+        .set_max_row_group_row_count(Some(config.parquet_row_group_rows.max(1)))
+        .set_sorting_columns(Some(sorting))
+        .set_dictionary_enabled(true);
+    // Dictionaries pay off for tags and text; measurements and times are nearly all
+    // distinct, so trying a dictionary first only costs a hash per value (it showed in
+    // profiles) before falling back. Times sorted within a series delta-encode well;
+    // floats compress better with their bytes split into streams.
+    for c in schema.columns() {
+        let path = ColumnPath::from(c.name.as_str());
+        match c.kind {
+            ColumnKind::Tag | ColumnKind::Field(FieldType::String) => {}
+            ColumnKind::Time | ColumnKind::Field(FieldType::I64 | FieldType::U64) => {
+                props = props
+                    .set_column_dictionary_enabled(path.clone(), false)
+                    .set_column_encoding(path, Encoding::DELTA_BINARY_PACKED);
+            }
+            ColumnKind::Field(FieldType::F64) => {
+                props = props
+                    .set_column_dictionary_enabled(path.clone(), false)
+                    .set_column_encoding(path, Encoding::BYTE_STREAM_SPLIT);
+            }
+            ColumnKind::Field(FieldType::Bool) => {
+                props = props.set_column_dictionary_enabled(path, false);
+            }
+        }
+    }
+    Ok(props.build())
+}
+
 /// Writes the rows of one table into one Parquet file per UTC day. `batches` are in
 /// write order; ids are drawn from `next_file_id`.
 pub(crate) fn write_table(
-    data_dir: &Path,
+    objects: &ObjectStorage,
     table: &str,
     schema: &TableSchema,
     batches: &[RecordBatch],
@@ -120,7 +175,7 @@ pub(crate) fn write_table(
     }
     let time = times(&all)
         .ok_or_else(|| Error::Catalog {
-            path: data_dir.to_path_buf(),
+            path: PathBuf::from(objects.describe()),
             reason: format!("table {table}: time column is not a nanosecond timestamp"),
         })?
         .values();
@@ -151,7 +206,7 @@ pub(crate) fn write_table(
         let id = *next_file_id;
         *next_file_id += 1;
         files.push(write_file(
-            data_dir,
+            objects,
             table,
             &day_name(day),
             id,
@@ -290,8 +345,10 @@ fn rank_strings(values: &StringArray) -> (Vec<u32>, u32) {
     (ranks, rank)
 }
 
+/// Encodes `batch` as one Parquet file and stores it durably in the partition's
+/// directory, named after its id.
 fn write_file(
-    data_dir: &Path,
+    objects: &ObjectStorage,
     table: &str,
     day: &str,
     id: u64,
@@ -299,63 +356,15 @@ fn write_file(
     schema: &TableSchema,
     config: &StoreConfig,
 ) -> Result<ParquetFile> {
-    let rel_dir = Path::new("tables").join(table).join(day);
-    let dir = data_dir.join(&rel_dir);
-    fs::create_dir_all(&dir).map_err(Error::io("create partition directory", &dir))?;
-    let rel_path = rel_dir.join(format!("{id:020}.parquet"));
-    let path = data_dir.join(&rel_path);
-
-    let sorting: Vec<SortingColumn> = schema
-        .tag_positions()
-        .chain([0])
-        .map(|i| SortingColumn {
-            column_idx: i as i32,
-            descending: false,
-            nulls_first: true,
-        })
-        .collect();
-    let mut props = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::try_new(
-            config.parquet_zstd_level,
-        )?))
-        .set_max_row_group_row_count(Some(config.parquet_row_group_rows.max(1)))
-        .set_sorting_columns(Some(sorting))
-        .set_dictionary_enabled(true);
-    // Dictionaries pay off for tags and text; measurements and times are nearly all
-    // distinct, so trying a dictionary first only costs a hash per value (it showed in
-    // profiles) before falling back. Times sorted within a series delta-encode well;
-    // floats compress better with their bytes split into streams.
-    for c in schema.columns() {
-        let path = ColumnPath::from(c.name.as_str());
-        match c.kind {
-            ColumnKind::Tag | ColumnKind::Field(FieldType::String) => {}
-            ColumnKind::Time | ColumnKind::Field(FieldType::I64 | FieldType::U64) => {
-                props = props
-                    .set_column_dictionary_enabled(path.clone(), false)
-                    .set_column_encoding(path, Encoding::DELTA_BINARY_PACKED);
-            }
-            ColumnKind::Field(FieldType::F64) => {
-                props = props
-                    .set_column_dictionary_enabled(path.clone(), false)
-                    .set_column_encoding(path, Encoding::BYTE_STREAM_SPLIT);
-            }
-            ColumnKind::Field(FieldType::Bool) => {
-                props = props.set_column_dictionary_enabled(path, false);
-            }
-        }
-    }
-    let props = props.build();
-    let file = File::create(&path).map_err(Error::io("create Parquet file", &path))?;
-    let mut writer = ArrowWriter::try_new(file, batch.schema(), Some(props))?;
+    let path = format!("{}/{id:020}.parquet", partition_dir(table, day));
+    let props = writer_properties(schema, config)?;
+    // Encoded in memory and stored with one put: an object store takes whole objects,
+    // and a snapshot's file is a fraction of the buffer it came from.
+    let mut writer = ArrowWriter::try_new(Vec::new(), batch.schema(), Some(props))?;
     writer.write(batch)?;
-    let file = writer.into_inner()?;
-    file.sync_all()
-        .map_err(Error::io("fsync Parquet file", &path))?;
-    let size_bytes = file
-        .metadata()
-        .map_err(Error::io("stat Parquet file", &path))?
-        .len();
-    sync_dir(&dir)?;
+    let bytes = writer.into_inner()?;
+    let size_bytes = bytes.len() as u64;
+    objects.put(&path, Bytes::from(bytes))?;
 
     let t = times(batch);
     let (min_time, max_time) = t
@@ -367,23 +376,23 @@ fn write_file(
         .unwrap_or((i64::MIN, i64::MAX));
     Ok(ParquetFile {
         id,
-        path: rel_path.to_string_lossy().into_owned(),
+        path,
         min_time,
         max_time,
         row_count: batch.num_rows() as u64,
         size_bytes,
+        deletes_applied: 0,
     })
 }
 
 /// Reads the columns of `wanted` that the file has; the caller conforms the rest.
 pub(crate) fn read_file(
-    data_dir: &Path,
+    objects: &ObjectStorage,
     file: &ParquetFile,
     wanted: &Schema,
 ) -> Result<Vec<RecordBatch>> {
-    let path = data_dir.join(&file.path);
-    let f = File::open(&path).map_err(Error::io("open Parquet file", &path))?;
-    let builder = ParquetRecordBatchReaderBuilder::try_new(f)?;
+    let reader = objects.reader(&file.path, file.size_bytes)?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(reader)?;
     let file_schema = Arc::clone(builder.schema());
     let roots: Vec<usize> = wanted
         .fields()
@@ -403,36 +412,30 @@ pub(crate) fn read_file(
 }
 
 /// Deletes Parquet files under `tables/` that the catalog does not list: files written
-/// by a snapshot that crashed before its catalog update. Their rows are still in the
-/// WAL, which is replayed, so they hold nothing that is not elsewhere.
-pub(crate) fn remove_orphans(data_dir: &Path, catalog: &crate::catalog::Catalog) -> Result<usize> {
-    let known: std::collections::HashSet<std::path::PathBuf> = catalog
+/// by a snapshot or a compaction that crashed before its catalog update, files a
+/// compaction replaced but had not deleted yet, and temporary files of interrupted
+/// writes. Their rows are in the WAL (which is replayed) or in the files that replaced
+/// them, so they hold nothing that is not elsewhere. Run it before anything writes.
+pub(crate) fn remove_orphans(
+    objects: &ObjectStorage,
+    catalog: &crate::catalog::Catalog,
+) -> Result<usize> {
+    let known: std::collections::HashSet<&str> = catalog
         .tables
         .values()
         .flat_map(|t| &t.files)
-        .map(|f| data_dir.join(&f.path))
+        .map(|f| f.path.as_str())
         .collect();
     let mut removed = 0;
-    let mut stack = vec![data_dir.join("tables")];
-    while let Some(dir) = stack.pop() {
-        let entries = match fs::read_dir(&dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(Error::io("list table directory", &dir)(e)),
-        };
-        for entry in entries {
-            let path = entry
-                .map_err(Error::io("list table directory", &dir))?
-                .path();
-            if path.is_dir() {
-                stack.push(path);
-            } else if path.extension().is_some_and(|e| e == "parquet") && !known.contains(&path) {
-                fs::remove_file(&path).map_err(Error::io("remove orphaned Parquet file", &path))?;
-                tracing::warn!(file = %path.display(), "removed Parquet file left by an interrupted snapshot");
-                removed += 1;
-            }
+    for (path, _) in objects.list("tables")? {
+        let ours = path.ends_with(".parquet") || path.ends_with(".tmp");
+        if ours && !known.contains(path.as_str()) {
+            objects.delete(&path)?;
+            tracing::warn!(file = %path, storage = %objects.describe(), "removed a file no catalog entry names (left by an interrupted snapshot or compaction)");
+            removed += 1;
         }
     }
+    objects.remove_empty_dirs("tables")?;
     Ok(removed)
 }
 

@@ -32,10 +32,17 @@ use crate::config::StoreConfig;
 use crate::dedup::last_write_wins;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
+use crate::objects::ObjectStorage;
 use crate::persist::{self, conform, filter_time};
 use crate::schema::{ColumnDef, ColumnKind, KeySlots, TableSchema};
+use crate::tombstone::{self, DeletePredicate, Tombstone};
 use crate::types::{LineError, ParsedLine, TIME_COLUMN, TableWrite, TimeRange, WriteBatch};
 use crate::wal::{self, Record, WalWriter};
+
+mod lifecycle;
+
+pub use lifecycle::{CompactionStats, TableStats};
+use lifecycle::{Lease, Swap};
 
 /// How often the writer wakes up without writes, to check the snapshot age.
 const TICK: Duration = Duration::from_millis(250);
@@ -57,6 +64,8 @@ struct State {
     /// Oldest first.
     persisting: VecDeque<Arc<Chunk>>,
     catalog: Catalog,
+    /// One per catalog file, by path; see [`Lease`].
+    leases: HashMap<String, Arc<Lease>>,
 }
 
 /// What the writer and persister threads share with the handles.
@@ -71,6 +80,15 @@ struct Shared {
     closing: AtomicBool,
     /// Told about every committed write; see [`Store::observe`].
     observers: RwLock<Vec<Arc<dyn WriteObserver>>>,
+    /// Where Parquet files and the catalog live (the WAL is always on local disk).
+    objects: ObjectStorage,
+    /// Next Parquet file id (and unique number of a compaction output). Held by the
+    /// persister while a snapshot writes its files, so that ids stay in write order.
+    next_file_id: Mutex<u64>,
+    /// Paths of replaced files that no scan holds any more, to delete.
+    garbage: (Sender<String>, Receiver<String>),
+    /// One compaction pass at a time.
+    compaction: Mutex<()>,
 }
 
 /// Something kept up to date from the write path: the last-value cache, the rollups'
@@ -94,6 +112,7 @@ struct WriteRequest {
 
 enum Command {
     Write(WriteRequest),
+    Delete(DeletePredicate, oneshot::Sender<Result<Tombstone>>),
     Persist(oneshot::Sender<Result<()>>),
     Shutdown(oneshot::Sender<Result<()>>),
 }
@@ -104,13 +123,25 @@ impl Command {
     fn into_write(self) -> PreparedWrite {
         match self {
             Command::Write(request) => request.write,
-            Command::Persist(_) | Command::Shutdown(_) => PreparedWrite::default(),
+            Command::Persist(_) | Command::Shutdown(_) | Command::Delete(..) => {
+                PreparedWrite::default()
+            }
         }
     }
 }
 
 enum PersistJob {
     Chunk(Arc<Chunk>),
+    /// Record a tombstone (after the chunk holding every earlier write).
+    Delete(DeletePredicate, oneshot::Sender<Result<Tombstone>>),
+    /// Put a compaction's outputs in place of its inputs; answers whether it did.
+    Swap(Swap, oneshot::Sender<Result<bool>>),
+    /// Set (`Some`) or clear (`None`) a table's retention override.
+    Retention(
+        String,
+        Option<Option<Duration>>,
+        oneshot::Sender<Result<()>>,
+    ),
     /// Answered once every job before it is done.
     Flush(oneshot::Sender<Result<()>>),
 }
@@ -118,6 +149,11 @@ enum PersistJob {
 #[derive(Debug)]
 struct Handle {
     tx: Option<Sender<Command>>,
+    /// For `compact_now` and the API's retention settings; taken at shutdown so that
+    /// the persister ends.
+    persist_tx: Mutex<Option<Sender<PersistJob>>>,
+    /// Stops the compaction thread (when it runs).
+    stop_compaction: Mutex<Option<Sender<()>>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -179,16 +215,14 @@ impl WriteReceipt {
 
     /// Waits for the WAL writer's answer, blocking the thread.
     pub fn wait_blocking(self) -> Result<()> {
-        futures_executor_block_on(self.0).unwrap_or(Err(Error::ShuttingDown))
+        block_on(self.0).unwrap_or(Err(Error::ShuttingDown))
     }
 }
 
 /// Blocks on a oneshot without an async runtime. Written by hand because a oneshot
 /// receiver is the only future we ever block on, and pulling in an executor crate for
 /// it would be heavier than these lines.
-fn futures_executor_block_on(
-    rx: oneshot::Receiver<Result<()>>,
-) -> std::result::Result<Result<()>, oneshot::Canceled> {
+fn block_on<T>(rx: oneshot::Receiver<T>) -> std::result::Result<T, oneshot::Canceled> {
     use std::future::Future;
     use std::pin::pin;
     use std::task::{Context, Poll, Wake, Waker};
@@ -228,7 +262,8 @@ impl Store {
             std::fs::create_dir_all(&dir).map_err(Error::io("create data directory", &dir))?;
         }
         let wal_dir = dir.join("wal");
-        let catalog = Catalog::load(&dir)?;
+        let objects = ObjectStorage::open(&dir, &config)?;
+        let catalog = Catalog::load(&objects)?;
         let schemas: HashMap<String, Arc<TableSchema>> = catalog
             .tables
             .iter()
@@ -240,6 +275,19 @@ impl Store {
             })
             .collect();
         let persisted_through = catalog.wal_persisted_through;
+        let garbage = channel::unbounded();
+        let leases = catalog
+            .tables
+            .values()
+            .flat_map(|t| &t.files)
+            .map(|f| {
+                (
+                    f.path.clone(),
+                    Lease::new(f.path.clone(), garbage.0.clone()),
+                )
+            })
+            .collect();
+        let next_file_id = catalog.next_file_id;
         let shared = Arc::new(Shared {
             dir,
             wal_dir,
@@ -247,11 +295,16 @@ impl Store {
             schemas: RwLock::new(schemas),
             state: RwLock::new(State {
                 catalog,
+                leases,
                 ..State::default()
             }),
             metrics: Metrics::default(),
             closing: AtomicBool::new(read_only),
             observers: RwLock::new(Vec::new()),
+            objects,
+            next_file_id: Mutex::new(next_file_id),
+            garbage,
+            compaction: Mutex::new(()),
         });
 
         let started = Instant::now();
@@ -273,6 +326,8 @@ impl Store {
                 shared,
                 handle: Arc::new(Handle {
                     tx: None,
+                    persist_tx: Mutex::new(None),
+                    stop_compaction: Mutex::new(None),
                     threads: Mutex::new(Vec::new()),
                 }),
             });
@@ -281,7 +336,7 @@ impl Store {
         // Segments already in Parquet may survive a crash between the catalog update and
         // their deletion.
         wal::remove_segments_through(&shared.wal_dir, persisted_through)?;
-        persist::remove_orphans(&shared.dir, &shared.state.read().catalog)?;
+        persist::remove_orphans(&shared.objects, &shared.state.read().catalog)?;
         let wal = WalWriter::create(
             &shared.wal_dir,
             replay.last_segment.max(persisted_through) + 1,
@@ -290,6 +345,7 @@ impl Store {
         let (persist_tx, persist_rx) = channel::unbounded();
         let writer = {
             let shared = Arc::clone(&shared);
+            let persist_tx = persist_tx.clone();
             std::thread::Builder::new()
                 .name("gridlake-wal".into())
                 .spawn(move || {
@@ -310,11 +366,27 @@ impl Store {
                 .spawn(move || shared.run_persister(persist_rx))
                 .map_err(Error::io("spawn persister thread", "gridlake-persist"))?
         };
+        let mut threads = vec![writer, persister];
+        let mut stop_compaction = None;
+        if !shared.config.compaction_interval.is_zero() {
+            let (stop_tx, stop_rx) = channel::bounded(1);
+            let shared = Arc::clone(&shared);
+            let persist_tx = persist_tx.clone();
+            threads.push(
+                std::thread::Builder::new()
+                    .name("gridlake-compact".into())
+                    .spawn(move || lifecycle::run_compaction(shared, persist_tx, stop_rx))
+                    .map_err(Error::io("spawn compaction thread", "gridlake-compact"))?,
+            );
+            stop_compaction = Some(stop_tx);
+        }
         Ok(Store {
             shared,
             handle: Arc::new(Handle {
                 tx: Some(tx),
-                threads: Mutex::new(vec![writer, persister]),
+                persist_tx: Mutex::new(Some(persist_tx)),
+                stop_compaction: Mutex::new(stop_compaction),
+                threads: Mutex::new(threads),
             }),
         })
     }
@@ -366,6 +438,25 @@ impl Store {
                 errors.extend(lines.iter().map(|l| LineError::new(l.line, reason.clone())));
                 continue;
             }
+            let lines = match self.shared.expiry(&table) {
+                Some(cutoff) if lines.iter().any(|l| l.row.time < cutoff) => {
+                    let (kept, expired): (Vec<_>, Vec<_>) =
+                        lines.into_iter().partition(|l| l.row.time >= cutoff);
+                    let ttl = self.retention(&table).unwrap_or_default();
+                    errors.extend(expired.iter().map(|l| {
+                        LineError::new(
+                            l.line,
+                            format!(
+                                "time {} is older than the retention of table {table:?} ({}): it would never be visible",
+                                l.row.time,
+                                humantime::format_duration(ttl)
+                            ),
+                        )
+                    }));
+                    kept
+                }
+                _ => lines,
+            };
             let rows = self.shared.validate_table(&table, lines, &mut errors);
             if !rows.is_empty() {
                 batch.tables.push(TableWrite { table, rows });
@@ -568,13 +659,119 @@ impl Store {
         if self.handle.tx.is_none() || self.shared.closing.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
+        // The compaction thread first: it finishes the merge it is in, and the
+        // persister must still be there to answer its swap.
+        if let Some(stop) = self.handle.stop_compaction.lock().take() {
+            let _ = stop.send(());
+        }
         let result = self.control(Command::Shutdown);
+        self.handle.persist_tx.lock().take();
         for t in self.handle.threads.lock().drain(..) {
             if t.join().is_err() {
                 tracing::error!("a storage thread panicked");
             }
         }
+        self.shared.collect_garbage();
         result
+    }
+
+    /// Deletes the rows of `predicate.table` whose tags equal `predicate.tags` and
+    /// whose time lies in `predicate.range`. When it returns the delete is durable
+    /// (a tombstone in the catalog) and no scan sees the rows; compaction removes them
+    /// from the files. Rows written after the call are kept. Blocking.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::TableNotFound`], and [`Error::Invalid`] for a column that is not a
+    /// tag of the table or a range that ends before it starts.
+    pub fn delete(&self, predicate: DeletePredicate) -> Result<Tombstone> {
+        self.shared.check_delete(&predicate)?;
+        let Some(tx) = &self.handle.tx else {
+            return Err(Error::ReadOnly);
+        };
+        let (ack, rx) = oneshot::channel();
+        tx.send(Command::Delete(predicate, ack))
+            .map_err(|_| Error::WriterGone)?;
+        block_on(rx).unwrap_or(Err(Error::ShuttingDown))
+    }
+
+    /// Deletes not yet applied to every file by compaction.
+    pub fn tombstones(&self) -> Vec<Tombstone> {
+        self.shared.state.read().catalog.tombstones.clone()
+    }
+
+    /// The time to live of `table`'s rows: the one set through
+    /// [`Store::set_retention`], else the configured one; `None` keeps them forever.
+    pub fn retention(&self, table: &str) -> Option<Duration> {
+        self.shared
+            .retention_in(&self.shared.state.read().catalog, table)
+    }
+
+    /// The retention set through [`Store::set_retention`]: `None` when the table
+    /// follows the configuration, `Some(None)` when it keeps its rows forever.
+    pub fn retention_override(&self, table: &str) -> Option<Option<Duration>> {
+        self.shared
+            .state
+            .read()
+            .catalog
+            .retention
+            .get(table)
+            .map(|ttl| ttl.map(|t| t.0))
+    }
+
+    /// Sets the retention of `table` (`Some(Some(ttl))`, or `Some(None)` for forever)
+    /// or returns it to the configured one (`None`). Durable when it returns; rows
+    /// older than the new retention disappear from scans at once and their files are
+    /// dropped by the next compaction pass. Blocking.
+    pub fn set_retention(&self, table: &str, ttl: Option<Option<Duration>>) -> Result<()> {
+        if !self.shared.schemas.read().contains_key(table) {
+            return Err(Error::TableNotFound(table.to_owned()));
+        }
+        if let Some(Some(ttl)) = ttl
+            && ttl.is_zero()
+        {
+            return Err(Error::Invalid(format!(
+                "the retention of table {table:?} must be longer than zero"
+            )));
+        }
+        let (ack, rx) = oneshot::channel();
+        self.persist_job(PersistJob::Retention(table.to_owned(), ttl, ack))?;
+        block_on(rx).unwrap_or(Err(Error::ShuttingDown))
+    }
+
+    /// Runs one compaction pass now, on this thread: drops expired files, merges the
+    /// runs of small files and the files with pending deletes, and deletes replaced
+    /// files that no scan reads. Blocking.
+    pub fn compact_now(&self) -> Result<CompactionStats> {
+        self.compact_at(lifecycle::now_ns())
+    }
+
+    /// [`Store::compact_now`] as if the time were `now_ns` (retention and
+    /// `compaction_delay` are measured from it). For tests and tools.
+    pub fn compact_at(&self, now_ns: i64) -> Result<CompactionStats> {
+        let tx = self
+            .handle
+            .persist_tx
+            .lock()
+            .clone()
+            .ok_or(Error::ReadOnly)?;
+        self.shared.compaction_pass(&tx, now_ns)
+    }
+
+    /// Files, bytes, rows and time span of a table; `None` when there is no such table.
+    pub fn table_stats(&self, table: &str) -> Option<TableStats> {
+        self.shared.table_stats(table)
+    }
+
+    /// Where the Parquet files and the catalog are: `file:///...` or `s3://bucket/prefix`.
+    pub fn object_store(&self) -> String {
+        self.shared.objects.describe()
+    }
+
+    fn persist_job(&self, job: PersistJob) -> Result<()> {
+        let guard = self.handle.persist_tx.lock();
+        let tx = guard.as_ref().ok_or(Error::ReadOnly)?;
+        tx.send(job).map_err(|_| Error::WriterGone)
     }
 
     fn control(&self, make: fn(oneshot::Sender<Result<()>>) -> Command) -> Result<()> {
@@ -878,8 +1075,17 @@ impl Shared {
         let key_positions: Vec<usize> = keys.iter().map(|&i| position(i)).collect();
         let time_position = position(0);
 
-        let (files, memory) = {
+        let (files, memory, tombstones, range, _leases) = {
             let state = self.state.read();
+            // Rows that outlived the table's retention are gone, whether or not
+            // compaction has dropped their files yet.
+            let mut range = range;
+            if let Some(ttl) = self.retention_in(&state.catalog, table) {
+                range.min = range.min.max(lifecycle::cutoff(lifecycle::now_ns(), ttl));
+            }
+            if range.min > range.max {
+                return Ok(Vec::new());
+            }
             let mut files: Vec<ParquetFile> = state
                 .catalog
                 .tables
@@ -892,7 +1098,22 @@ impl Shared {
                         .collect()
                 })
                 .unwrap_or_default();
-            files.sort_by_key(|f| f.id);
+            // Compaction outputs share their id with the newest file they replaced,
+            // and hold distinct series: any order among them is right.
+            files.sort_by(|a, b| (a.id, &a.path).cmp(&(b.id, &b.path)));
+            // Held until the files are read: compaction does not delete a file a
+            // scan is reading.
+            let leases: Vec<Arc<Lease>> = files
+                .iter()
+                .filter_map(|f| state.leases.get(&f.path).cloned())
+                .collect();
+            let tombstones: Vec<Tombstone> = state
+                .catalog
+                .tombstones
+                .iter()
+                .filter(|t| t.table == table)
+                .cloned()
+                .collect();
             let mut memory: Vec<RecordBatch> = state
                 .persisting
                 .iter()
@@ -901,15 +1122,21 @@ impl Shared {
                 .cloned()
                 .collect();
             memory.extend(state.buffer.table_batches(table));
-            (files, memory)
+            (files, memory, tombstones, range, leases)
         };
 
         let mut batches = Vec::new();
-        let from_files = files
-            .iter()
-            .map(|f| persist::read_file(&self.dir, f, &needed_schema))
-            .collect::<Result<Vec<_>>>()?;
-        for b in from_files.into_iter().flatten().chain(memory) {
+        for file in &files {
+            let hide: Vec<&Tombstone> = tombstones.iter().filter(|t| t.applies_to(file)).collect();
+            for b in persist::read_file(&self.objects, file, &needed_schema)? {
+                let b = filter_time(conform(&b, &needed_schema)?, time_position, range)?;
+                let b = tombstone::remove_hidden(b, hide.iter().copied())?;
+                if b.num_rows() > 0 {
+                    batches.push(b);
+                }
+            }
+        }
+        for b in memory {
             let b = filter_time(conform(&b, &needed_schema)?, time_position, range)?;
             if b.num_rows() > 0 {
                 batches.push(b);
@@ -934,6 +1161,15 @@ impl Shared {
                 PersistJob::Flush(ack) => {
                     let _ = ack.send(Ok(()));
                 }
+                PersistJob::Delete(predicate, ack) => {
+                    let _ = ack.send(self.record_delete(predicate));
+                }
+                PersistJob::Swap(swap, ack) => {
+                    let _ = ack.send(self.apply_swap(swap));
+                }
+                PersistJob::Retention(table, ttl, ack) => {
+                    let _ = ack.send(self.record_retention(&table, ttl));
+                }
                 PersistJob::Chunk(chunk) => loop {
                     match self.persist_chunk(&chunk) {
                         Ok(()) => break,
@@ -953,6 +1189,11 @@ impl Shared {
         }
     }
 
+    /// Replaces the catalog, atomically and durably.
+    fn save_catalog(&self, catalog: &Catalog) -> Result<()> {
+        catalog.save(&self.objects)
+    }
+
     /// Writes a chunk's Parquet files, records them durably, then forgets the chunk and
     /// deletes the WAL segments it came from — in that order.
     fn persist_chunk(&self, chunk: &Arc<Chunk>) -> Result<()> {
@@ -961,18 +1202,23 @@ impl Shared {
         let schemas = self.schemas.read().clone();
         let mut rows = 0;
         let mut written = 0;
+        let mut added = Vec::new();
+        // Held while the files are written: a compaction asking for a unique number
+        // waits, so snapshot ids stay in write order.
+        let mut next_file_id = self.next_file_id.lock();
         for (table, batches) in &chunk.tables {
             let Some(schema) = schemas.get(table) else {
                 continue;
             };
             let files = persist::write_table(
-                &self.dir,
+                &self.objects,
                 table,
                 schema,
                 batches,
-                &mut catalog.next_file_id,
+                &mut next_file_id,
                 &self.config,
             )?;
+            added.extend(files.iter().map(|f| f.path.clone()));
             rows += files.iter().map(|f| f.row_count).sum::<u64>();
             written += files.len();
             catalog
@@ -985,12 +1231,18 @@ impl Shared {
         for (name, schema) in &schemas {
             catalog.tables.entry(name.clone()).or_default().columns = schema.columns().to_vec();
         }
+        catalog.next_file_id = *next_file_id;
+        drop(next_file_id);
         catalog.wal_persisted_through = chunk.wal_through;
-        catalog.save(&self.dir)?;
+        self.save_catalog(&catalog)?;
         {
             let mut state = self.state.write();
             state.catalog = catalog;
             state.persisting.retain(|c| !Arc::ptr_eq(c, chunk));
+            for path in added {
+                let lease = Lease::new(path.clone(), self.garbage.0.clone());
+                state.leases.insert(path, lease);
+            }
         }
         if let Err(e) = wal::remove_segments_through(&self.wal_dir, chunk.wal_through) {
             // Harmless: replay skips segments the catalog says are persisted.
@@ -1069,6 +1321,19 @@ impl Writer {
                 Some(Command::Persist(ack)) => {
                     let _ = ack.send(self.snapshot_and_wait());
                 }
+                Some(Command::Delete(predicate, ack)) => {
+                    // Every write acknowledged so far goes to a file first, and the
+                    // persister records the tombstone after that file: the delete
+                    // covers exactly the writes before it.
+                    match self.snapshot() {
+                        Ok(()) => {
+                            let _ = self.persist_tx.send(PersistJob::Delete(predicate, ack));
+                        }
+                        Err(e) => {
+                            let _ = ack.send(Err(e));
+                        }
+                    }
+                }
                 Some(Command::Shutdown(ack)) => {
                     // Writes queued before the shutdown was asked for were accepted:
                     // commit them too.
@@ -1077,6 +1342,10 @@ impl Writer {
                         .filter_map(|c| match c {
                             Command::Write(w) => Some(w),
                             Command::Persist(ack) | Command::Shutdown(ack) => {
+                                let _ = ack.send(Err(Error::ShuttingDown));
+                                None
+                            }
+                            Command::Delete(_, ack) => {
                                 let _ = ack.send(Err(Error::ShuttingDown));
                                 None
                             }

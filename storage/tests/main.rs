@@ -1,6 +1,10 @@
-//! Store behaviour through its public API, on real files in temporary directories.
+//! Store behaviour through its public API, on both object storage backends: files in a
+//! temporary directory, and a bucket on a real S3 server (moto). Every test below runs
+//! as `local::<name>` and `s3::<name>`.
 
-use std::path::Path;
+mod common {
+    pub(crate) mod backend;
+}
 
 use arrow::array::{
     Array, ArrayAccessor, AsArray, DictionaryArray, Float64Array, TimestampNanosecondArray,
@@ -8,6 +12,8 @@ use arrow::array::{
 use arrow::datatypes::{Int32Type, TimestampNanosecondType};
 use arrow::record_batch::RecordBatch;
 use storage::{FieldValue, ParsedLine, Row, Store, StoreConfig, TimeRange, WriteBatch};
+
+use common::backend::{Backend, Env};
 
 fn line(
     n: usize,
@@ -77,30 +83,21 @@ fn collect(batches: &[RecordBatch]) -> Vec<(String, i64, Option<f64>)> {
     out
 }
 
-fn parquet_files(dir: &Path) -> usize {
-    fn walk(p: &Path, n: &mut usize) {
-        for e in std::fs::read_dir(p).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                walk(&p, n);
-            } else if p.extension().is_some_and(|e| e == "parquet") {
-                *n += 1;
-            }
-        }
-    }
-    let mut n = 0;
-    if dir.join("tables").exists() {
-        walk(&dir.join("tables"), &mut n);
-    }
-    n
-}
-
 const DAY: i64 = 86_400_000_000_000;
 
-#[test]
-fn type_conflicts_are_per_line_and_schema_grows() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path(), StoreConfig::default()).unwrap();
+on_both_backends!(
+    type_conflicts_are_per_line_and_schema_grows,
+    last_write_wins_in_buffer_files_and_across_them,
+    time_range_and_projection_are_applied,
+    unacknowledged_state_is_rebuilt_from_the_wal,
+    snapshots_happen_on_their_own_at_the_row_threshold,
+    parquet_files_of_an_interrupted_snapshot_are_removed_at_start,
+    files_bigger_than_a_read_block_read_back_whole,
+    a_damaged_catalog_is_an_error_naming_where_it_is,
+);
+
+fn type_conflicts_are_per_line_and_schema_grows(env: &Env) {
+    let store = env.open();
     write(&store, vec![power(1, "a", 1, 1.0)]);
     let (batch, errors) = store.validate(vec![
         line(1, "meter", "a", 2, vec![("power_w", FieldValue::I64(5))]),
@@ -143,10 +140,8 @@ fn type_conflicts_are_per_line_and_schema_grows() {
     store.shutdown().unwrap();
 }
 
-#[test]
-fn last_write_wins_in_buffer_files_and_across_them() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path(), StoreConfig::default()).unwrap();
+fn last_write_wins_in_buffer_files_and_across_them(env: &Env) {
+    let store = env.open();
     write(
         &store,
         vec![
@@ -161,7 +156,7 @@ fn last_write_wins_in_buffer_files_and_across_them() {
     );
 
     store.persist_now().unwrap();
-    assert_eq!(parquet_files(dir.path()), 1);
+    assert_eq!(env.parquet_files().len(), 1);
     assert_eq!(store.stats().buffer_rows, 0);
     // A retry of an old point and a correction of another, now in the buffer.
     write(
@@ -180,19 +175,17 @@ fn last_write_wins_in_buffer_files_and_across_them() {
     assert_eq!(rows(&store), expected);
     // Persisting again gives one more file per UTC day, and the same answer.
     store.persist_now().unwrap();
-    assert_eq!(parquet_files(dir.path()), 3);
+    assert_eq!(env.parquet_files().len(), 3);
     assert_eq!(rows(&store), expected);
     store.shutdown().unwrap();
 
-    let store = Store::open(dir.path(), StoreConfig::default()).unwrap();
+    let store = env.open();
     assert_eq!(rows(&store), expected);
     store.shutdown().unwrap();
 }
 
-#[test]
-fn time_range_and_projection_are_applied() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path(), StoreConfig::default()).unwrap();
+fn time_range_and_projection_are_applied(env: &Env) {
+    let store = env.open();
     write(
         &store,
         (0..10)
@@ -236,15 +229,13 @@ fn time_range_and_projection_are_applied() {
     store.shutdown().unwrap();
 }
 
-#[test]
-fn unacknowledged_state_is_rebuilt_from_the_wal() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path(), StoreConfig::default()).unwrap();
+fn unacknowledged_state_is_rebuilt_from_the_wal(env: &Env) {
+    let store = env.open();
     write(&store, vec![power(1, "a", 1, 1.0)]);
     store.persist_now().unwrap();
     write(&store, vec![power(1, "a", 2, 2.0), power(2, "a", 1, 10.0)]);
     // Without a shutdown nothing more is persisted: a reader replays the WAL.
-    let reader = Store::open_read_only(dir.path(), StoreConfig::default()).unwrap();
+    let reader = env.open_read_only();
     assert_eq!(
         rows(&reader),
         [("a".into(), 1, Some(10.0)), ("a".into(), 2, Some(2.0))]
@@ -260,7 +251,7 @@ fn unacknowledged_state_is_rebuilt_from_the_wal() {
     ));
     // Shutdown persisted everything: the WAL holds no rows any more.
     assert_eq!(store.stats().wal_segments, 1);
-    let store = Store::open(dir.path(), StoreConfig::default()).unwrap();
+    let store = env.open();
     assert_eq!(store.stats().buffer_rows, 0);
     assert_eq!(
         rows(&store),
@@ -269,14 +260,11 @@ fn unacknowledged_state_is_rebuilt_from_the_wal() {
     store.shutdown().unwrap();
 }
 
-#[test]
-fn snapshots_happen_on_their_own_at_the_row_threshold() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = StoreConfig {
+fn snapshots_happen_on_their_own_at_the_row_threshold(env: &Env) {
+    let store = env.open_with(StoreConfig {
         snapshot_rows: 100,
-        ..StoreConfig::default()
-    };
-    let store = Store::open(dir.path(), config).unwrap();
+        ..env.config()
+    });
     for chunk in 0..5 {
         write(
             &store,
@@ -298,18 +286,136 @@ fn snapshots_happen_on_their_own_at_the_row_threshold() {
     store.shutdown().unwrap();
 }
 
-#[test]
-fn parquet_files_of_an_interrupted_snapshot_are_removed_at_start() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path(), StoreConfig::default()).unwrap();
+fn parquet_files_of_an_interrupted_snapshot_are_removed_at_start(env: &Env) {
+    let store = env.open();
     write(&store, vec![power(1, "a", 1, 1.0)]);
     store.persist_now().unwrap();
     store.shutdown().unwrap();
-    let day = dir.path().join("tables/meter/1970-01-01");
-    let orphan = day.join("00000000000000000099.parquet");
-    std::fs::copy(day.join("00000000000000000001.parquet"), &orphan).unwrap();
-    let store = Store::open(dir.path(), StoreConfig::default()).unwrap();
-    assert!(!orphan.exists());
+    let day = "tables/meter/1970-01-01";
+    let orphan = format!("{day}/00000000000000000099.parquet");
+    let file = env
+        .read(&format!("{day}/00000000000000000001.parquet"))
+        .expect("the snapshot's file");
+    env.write(&orphan, file);
+    assert!(env.exists(&orphan));
+    let store = env.open();
+    assert!(!env.exists(&orphan));
+    assert_eq!(
+        env.parquet_files(),
+        [format!("{day}/00000000000000000001.parquet")]
+    );
     assert_eq!(rows(&store), [("a".into(), 1, Some(1.0))]);
     store.shutdown().unwrap();
+}
+
+/// Parquet files are read from S3 in blocks of a few MiB; a file of several blocks,
+/// with columns spanning block boundaries, reads back exactly.
+fn files_bigger_than_a_read_block_read_back_whole(env: &Env) {
+    let store = env.open();
+    // Values that do not compress: a file of about 8 bytes a row.
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        (x >> 11) as f64
+    };
+    let mut expected = Vec::new();
+    for chunk in 0..13 {
+        let lines: Vec<ParsedLine> = (0..100_000)
+            .map(|i| {
+                let dev = format!("d{}", i % 50);
+                let t = chunk * 100_000 + i as i64;
+                let p = next();
+                expected.push((dev.clone(), t, Some(p)));
+                power(i + 1, &dev, t, p)
+            })
+            .collect();
+        write(&store, lines);
+    }
+    store.persist_now().unwrap();
+    let files = env.parquet_files();
+    assert_eq!(files.len(), 1, "{files:?}");
+    let size = env.read(&files[0]).unwrap().len();
+    assert!(
+        size > 8 << 20,
+        "the file is only {size} bytes: fewer than three read blocks"
+    );
+    expected.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+    assert_eq!(rows(&store), expected);
+    store.shutdown().unwrap();
+}
+
+/// A catalog that cannot be read stops the store from opening (rather than starting
+/// empty), and the error says where it is: the file, or the bucket and prefix.
+fn a_damaged_catalog_is_an_error_naming_where_it_is(env: &Env) {
+    env.write("catalog.json", b"{not json".to_vec());
+    let err = Store::open(env.dir(), env.config())
+        .expect_err("a damaged catalog")
+        .to_string();
+    let config = env.config();
+    let place = match env.backend() {
+        Backend::Local => format!("file://{}/catalog.json", env.dir().display()),
+        Backend::S3 => format!(
+            "s3://{}/{}/catalog.json",
+            config.s3_bucket, config.s3_prefix
+        ),
+    };
+    assert!(err.contains(&place), "{err}");
+}
+
+/// On S3 the catalog and the Parquet files are objects under the configured prefix,
+/// and the data directory holds only the WAL.
+#[test]
+fn on_s3_only_the_wal_is_on_local_disk() {
+    let Some(env) = Backend::S3.env() else {
+        return;
+    };
+    let store = env.open();
+    write(
+        &store,
+        vec![power(1, "a", 1, 1.0), power(2, "a", 1 + DAY, 2.0)],
+    );
+    store.persist_now().unwrap();
+    store.shutdown().unwrap();
+    assert_eq!(
+        env.list(""),
+        [
+            "catalog.json",
+            "tables/meter/1970-01-01/00000000000000000001.parquet",
+            "tables/meter/1970-01-02/00000000000000000002.parquet",
+        ]
+    );
+    let local: Vec<String> = std::fs::read_dir(env.dir())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(local, ["wal"]);
+    let catalog = String::from_utf8(env.read("catalog.json").unwrap()).unwrap();
+    assert!(
+        catalog.contains("00000000000000000002.parquet"),
+        "{catalog}"
+    );
+}
+
+/// A bucket that does not exist is refused at start, naming it, rather than read as an
+/// empty store.
+#[test]
+fn on_s3_a_missing_bucket_is_an_error_naming_it() {
+    let Some(env) = Backend::S3.env() else {
+        return;
+    };
+    let config = StoreConfig {
+        s3_bucket: "no-such-bucket".into(),
+        ..env.config()
+    };
+    for read_only in [false, true] {
+        let result = if read_only {
+            Store::open_read_only(env.dir(), config.clone())
+        } else {
+            Store::open(env.dir(), config.clone())
+        };
+        let err = result.expect_err("a missing bucket").to_string();
+        assert!(err.contains("s3://no-such-bucket"), "{err}");
+    }
 }

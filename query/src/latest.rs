@@ -319,57 +319,83 @@ impl LastValues {
     /// wrong clock) does not move the window away from the present; rows after now are
     /// read all the same. Blocking; a table that cannot be read is logged and skipped.
     pub fn warm_up(&self, store: &Store, window: Duration, now_ns: i64) -> WarmUp {
-        let window_ns = i64::try_from(window.as_nanos()).unwrap_or(i64::MAX);
         let mut done = WarmUp::default();
         for table in store.table_names() {
-            if !is_cached_table(&table) {
-                continue;
-            }
-            let Some(newest) = newest_time(store, &table) else {
-                continue;
-            };
-            let oldest = newest.min(now_ns).saturating_sub(window_ns);
-            let mut high = newest;
-            done.tables += 1;
-            while high >= oldest {
-                if self.shared.stop.load(Ordering::Acquire) {
-                    return done;
-                }
-                // One day at a time, except beyond tomorrow: rows there are few (wrong
-                // clocks) and may be years ahead, one read takes them all.
-                let tomorrow = now_ns.saturating_add(DAY_NS);
-                let low = if high > tomorrow {
-                    tomorrow
-                } else {
-                    high.div_euclid(DAY_NS).saturating_mul(DAY_NS)
-                }
-                .max(oldest);
-                match store.scan(
-                    &table,
-                    None,
-                    TimeRange {
-                        min: low,
-                        max: high,
-                    },
-                ) {
-                    Ok(batches) => {
-                        for batch in &batches {
-                            done.rows += batch.num_rows();
-                            self.merge(&table, batch, Ties::CacheWins);
-                        }
-                    }
-                    Err(error) => {
-                        warn!(%table, %error, "last-value cache warm-up could not read the table; its series fill from new writes");
-                        break;
-                    }
-                }
-                if low == i64::MIN {
-                    break;
-                }
-                high = low - 1;
+            if !self.warm_table(store, &table, window, now_ns, &mut done) {
+                break;
             }
         }
         done
+    }
+
+    /// Forgets what the cache holds of `table` and reads it again like the warm-up
+    /// does: after a delete, so that the newest values of deleted rows are not shown.
+    /// A series whose newest row is older than `window` before the table's newest row
+    /// is missing until it writes again. Blocking.
+    pub fn reload(&self, store: &Store, table: &str, window: Duration) -> WarmUp {
+        self.shared.tables.write().remove(table);
+        let mut done = WarmUp::default();
+        self.warm_table(store, table, window, now_ns(), &mut done);
+        done
+    }
+
+    /// The warm-up of one table; false when asked to stop.
+    fn warm_table(
+        &self,
+        store: &Store,
+        table: &str,
+        window: Duration,
+        now_ns: i64,
+        done: &mut WarmUp,
+    ) -> bool {
+        let window_ns = i64::try_from(window.as_nanos()).unwrap_or(i64::MAX);
+        if !is_cached_table(table) {
+            return true;
+        }
+        let Some(newest) = newest_time(store, table) else {
+            return true;
+        };
+        let oldest = newest.min(now_ns).saturating_sub(window_ns);
+        let mut high = newest;
+        done.tables += 1;
+        while high >= oldest {
+            if self.shared.stop.load(Ordering::Acquire) {
+                return false;
+            }
+            // One day at a time, except beyond tomorrow: rows there are few (wrong
+            // clocks) and may be years ahead, one read takes them all.
+            let tomorrow = now_ns.saturating_add(DAY_NS);
+            let low = if high > tomorrow {
+                tomorrow
+            } else {
+                high.div_euclid(DAY_NS).saturating_mul(DAY_NS)
+            }
+            .max(oldest);
+            match store.scan(
+                table,
+                None,
+                TimeRange {
+                    min: low,
+                    max: high,
+                },
+            ) {
+                Ok(batches) => {
+                    for batch in &batches {
+                        done.rows += batch.num_rows();
+                        self.merge(table, batch, Ties::CacheWins);
+                    }
+                }
+                Err(error) => {
+                    warn!(%table, %error, "last-value cache warm-up could not read the table; its series fill from new writes");
+                    break;
+                }
+            }
+            if low == i64::MIN {
+                break;
+            }
+            high = low - 1;
+        }
+        true
     }
 }
 

@@ -66,8 +66,13 @@
 //!
 //! # Limits
 //!
-//! - Rows are never deleted from rollups: the store has no deletes, and a bucket's
-//!   series only ever gain rows. Retention of rollups is not handled.
+//! - A refresh writes rows for the series it finds and removes none: rows of a
+//!   series go from the rollups only by a delete of the rollup tables themselves. The
+//!   delete API (`POST /api/v1/delete`) deletes a raw table's rows and its rollup rows
+//!   from the bucket holding the first deleted time on, inside
+//!   [`Rollups::with_refresh_paused`], and marks the ends of the deleted range stale
+//!   ([`Rollups::mark_stale`]) so the buckets that kept some rows are recomputed.
+//!   Rollup tables take their own retention (`storage.retention`).
 //! - A crash loses the marks made since the last save (at most
 //!   `rollup_refresh_interval` plus a pass) of writes already snapshotted to Parquet,
 //!   unless they are at the tail of the table (the start-up check finds those): late
@@ -349,6 +354,32 @@ impl Rollups {
     /// Logarithmic in the number of stale ranges, copies nothing.
     pub fn first_stale(&self, table: &str, from: i64, to: i64) -> Option<i64> {
         self.inner.marks.first_stale(table, from, to)
+    }
+
+    /// Marks `[from, to]` (inclusive, UTC nanoseconds) of the raw table `table` stale,
+    /// as it is (without the hour after a write's marks): the next refresh recomputes
+    /// every rollup bucket holding a time of it from the rows left. For deletes: a
+    /// bucket that lost some of its rows (the ones holding the ends of the deleted
+    /// range, and the hour after it whose energy steps came from deleted readings).
+    /// Saved to `rollups.json` at once, so a crash before the refresh keeps the marks.
+    pub fn mark_stale(&self, table: &str, from: i64, to: i64) {
+        if !is_rolled_up(table) || from > to {
+            return;
+        }
+        self.inner.marks.mark(table, from, to);
+        if let Err(e) = self.save_stale() {
+            warn!(%table, error = %e, "cannot save the stale rollup buckets");
+        }
+    }
+
+    /// Runs `f` while no refresh runs, waiting for a running one to finish. A delete
+    /// of raw rows and their rollup rows runs here: a refresh that read the raw rows
+    /// before the delete would otherwise write rollup rows of them after it, and those
+    /// would stay (a refresh writes rows for the series it finds, it does not remove
+    /// the others').
+    pub fn with_refresh_paused<R>(&self, f: impl FnOnce() -> R) -> R {
+        let _no_refresh = self.inner.refreshing.lock();
+        f()
     }
 
     /// How the rollups at `level` bucket time: 15 minutes and one hour in UTC, one

@@ -850,6 +850,39 @@ async fn first_stale_answers_for_a_window_of_one_table() {
     assert_eq!(rollups.first_stale("weather", at(0), at(60)), None);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mark_stale_marks_the_range_as_given_and_saves_it_at_once() {
+    let fx = Fixture::new();
+    write_regular(&fx).await;
+    refresh(&fx);
+    let rollups = fx.engine.rollups();
+    assert!(rollups.stale().is_empty());
+    rollups.mark_stale("meter", at(5), at(5));
+    // Rollup tables are never rolled up: marking one changes nothing.
+    rollups.mark_stale("meter_15m", at(5), at(5));
+    // An empty range neither.
+    rollups.mark_stale("meter", at(9), at(8));
+    let stale = rollups.stale();
+    assert_eq!(stale.keys().collect::<Vec<_>>(), ["meter"]);
+    assert_eq!(
+        stale["meter"]
+            .iter()
+            .map(|r| (r.min, r.max))
+            .collect::<Vec<_>>(),
+        // As given: without the hour after that a write's marks reach.
+        [(at(5), at(5))]
+    );
+    // On disk before any refresh: a crash keeps the mark.
+    assert_eq!(
+        saved_stale(fx.store.data_dir()),
+        json!({"meter": [[at(5), at(5)]]})
+    );
+    let stats = refresh(&fx);
+    assert_eq!((stats.chunks, stats.rows_15m), (1, 1), "{stats:?}");
+    assert!(rollups.stale().is_empty());
+    fx.store.shutdown().expect("shutdown");
+}
+
 #[test]
 fn the_chart_api_gets_the_rules_from_the_rollups() {
     use query::rollup::is_counter;

@@ -25,6 +25,9 @@ pub enum Error {
     /// `gridlake simulate` failed.
     #[error(transparent)]
     Simulate(#[from] crate::simulate::SimulateError),
+    /// `gridlake export` or `gridlake import` failed, or rows were rejected.
+    #[error(transparent)]
+    Transfer(#[from] crate::transfer::TransferError),
     /// The effective configuration could not be written as TOML.
     #[error("cannot print the configuration as TOML: {0}")]
     ConfigToml(#[source] toml::ser::Error),

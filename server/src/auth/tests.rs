@@ -103,12 +103,19 @@ const EXPECTED_RULES: &[(&str, &str, Rule)] = &[
     ("GET", "/api/v1/tokens", Rule::Admin),
     ("POST", "/api/v1/tokens", Rule::Admin),
     ("DELETE", "/api/v1/tokens/{id}", Rule::Admin),
+    ("GET", "/api/v1/tables", Rule::Admin),
+    ("GET", "/api/v1/tables/{table}", Rule::Admin),
+    ("PUT", "/api/v1/tables/{table}/retention", Rule::Admin),
+    ("DELETE", "/api/v1/tables/{table}/retention", Rule::Admin),
+    ("POST", "/api/v1/delete", Rule::Admin),
+    ("POST", "/api/v1/admin/compact", Rule::Admin),
 ];
 
 /// A concrete path for a route pattern: ids that exist nowhere, so an allowed call ends
 /// in the handler (404, 400, 422, ...) and changes nothing.
 fn concrete(path: &str) -> String {
     path.replace("{id}", "999999")
+        .replace("{table}", "no_such_table")
 }
 
 /// Ids of real entities, for reads: what an allowed read returns is then real data, which

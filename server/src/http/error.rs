@@ -225,6 +225,10 @@ impl From<storage::Error> for ApiError {
         match error {
             storage::Error::Busy => ApiError::Busy,
             storage::Error::ShuttingDown => ApiError::ShuttingDown,
+            // Deletes and retention changes: the handlers check first, so these are
+            // races (a table gone meanwhile) or checks only the store makes.
+            storage::Error::TableNotFound(_) => ApiError::Missing(error.to_string()),
+            storage::Error::Invalid(message) => ApiError::BadRequest(message),
             other => ApiError::internal(other),
         }
     }

@@ -16,7 +16,7 @@ use utoipa::{Modify, OpenApi, ToSchema};
 
 // The handler modules: `paths(...)` below names their functions.
 use super::rest::{accounts, devices, readings, sites, tokens, users};
-use super::{latest, ops, series, sql, write};
+use super::{delete, latest, ops, series, sql, tables, write};
 use crate::auth;
 
 /// The document's source: handlers, shared schemas, security schemes, tags.
@@ -78,6 +78,12 @@ use crate::auth;
         tokens::list_tokens,
         tokens::create_token,
         tokens::revoke_token,
+        tables::list_tables,
+        tables::get_table,
+        tables::set_retention,
+        tables::reset_retention,
+        tables::compact,
+        delete::delete,
     ),
     components(schemas(ErrorBody, ValidationErrorBody, crm::FieldError)),
     modifiers(&SecuritySchemes),
@@ -93,6 +99,7 @@ use crate::auth;
         (name = "sites", description = "Sites and their readings (portal reads, staff change)"),
         (name = "devices", description = "The device registry (portal reads, staff change)"),
         (name = "tokens", description = "API tokens (admins)"),
+        (name = "storage", description = "Tables, retention, deletes and compaction (admins)"),
     )
 )]
 pub(crate) struct ApiDoc;

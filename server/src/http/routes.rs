@@ -10,7 +10,7 @@ use axum::http::Method;
 use axum::middleware;
 use axum::routing::{MethodFilter, MethodRouter, on};
 
-use super::{AppState, latest, ops, rest, series, sql, write};
+use super::{AppState, delete, latest, ops, rest, series, sql, tables, write};
 use crate::auth::{self, Rule};
 
 /// One route and method, the rule that guards it, and its handler.
@@ -91,6 +91,34 @@ pub(crate) fn endpoints() -> Vec<Endpoint> {
         Endpoint::new(M::GET, "/api/v1/energy", Rule::Portal, series::energy),
         // The newest values of the caller's devices, from the last-value cache.
         Endpoint::new(M::GET, "/api/v1/latest", Rule::Portal, latest::latest),
+        // Storage lifecycle: what is stored, how long it is kept, deletes, compaction.
+        // Admins only: a retention change or a delete removes data.
+        Endpoint::new(M::GET, "/api/v1/tables", Rule::Admin, tables::list_tables),
+        Endpoint::new(
+            M::GET,
+            "/api/v1/tables/{table}",
+            Rule::Admin,
+            tables::get_table,
+        ),
+        Endpoint::new(
+            M::PUT,
+            "/api/v1/tables/{table}/retention",
+            Rule::Admin,
+            tables::set_retention,
+        ),
+        Endpoint::new(
+            M::DELETE,
+            "/api/v1/tables/{table}/retention",
+            Rule::Admin,
+            tables::reset_retention,
+        ),
+        Endpoint::new(M::POST, "/api/v1/delete", Rule::Admin, delete::delete),
+        Endpoint::new(
+            M::POST,
+            "/api/v1/admin/compact",
+            Rule::Admin,
+            tables::compact,
+        ),
     ];
     endpoints.extend(rest::endpoints());
     endpoints

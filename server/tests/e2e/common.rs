@@ -240,6 +240,15 @@ impl Server {
         }
     }
 
+    /// Sets the environment variable `key` of the next start ([`Server::start_again`])
+    /// to `value`, or removes it with `None`.
+    pub(crate) fn set_env(&mut self, key: &str, value: Option<&str>) {
+        self.options.env.retain(|(k, _)| k != key);
+        if let Some(value) = value {
+            self.options.env.push((key.to_owned(), value.to_owned()));
+        }
+    }
+
     /// `http://127.0.0.1:PORT` of the running process.
     pub(crate) fn base_url(&self) -> &str {
         &self.base

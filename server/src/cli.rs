@@ -48,6 +48,10 @@ pub(crate) enum Command {
     User(crate::admin::UserArgs),
     /// Manage API tokens: gateways' write tokens, analysts' read tokens, admin tokens.
     Token(crate::admin::TokenArgs),
+    /// Export a table's rows from a running server to a Parquet or CSV file.
+    Export(crate::transfer::ExportArgs),
+    /// Import Parquet, CSV or line protocol files into a running server.
+    Import(crate::transfer::ImportArgs),
 }
 
 /// Flags that select and override the configuration.

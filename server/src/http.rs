@@ -1,5 +1,6 @@
 //! The HTTP API: routes, shared state, and the per-request span and metrics.
 
+mod delete;
 pub(crate) mod error;
 mod latest;
 mod openapi;
@@ -8,6 +9,7 @@ mod rest;
 pub(crate) mod routes;
 mod series;
 mod sql;
+mod tables;
 mod write;
 
 use std::sync::Arc;

@@ -15,6 +15,7 @@
 //! MQTT ─► ingest::mqtt collector ─► Store::validate ─► Store::submit ─► PUBACK
 //! CLI  ─► sql (read-only store) · config (prints the effective TOML) · simulate mqtt · simulate modbus
 //!      · user create|list · token create|revoke (the side store)
+//!      · export · import (HTTP clients of a running server: Parquet, CSV, line protocol)
 //! ```
 
 mod admin;
@@ -30,12 +31,14 @@ mod simulate_modbus;
 mod sql;
 #[cfg(test)]
 mod testing;
+mod transfer;
 
 use clap::Parser;
 
 pub use crate::config::Config;
 pub use crate::error::{Error, Result};
 pub use crate::simulate::SimulateError;
+pub use crate::transfer::TransferError;
 
 use crate::cli::{Cli, Command};
 
@@ -59,5 +62,7 @@ pub fn run_cli() -> Result<()> {
         Some(Command::Simulate(args)) => Ok(simulate::run(args)?),
         Some(Command::User(args)) => admin::run_user(args),
         Some(Command::Token(args)) => admin::run_token(args),
+        Some(Command::Export(args)) => Ok(transfer::export(args)?),
+        Some(Command::Import(args)) => Ok(transfer::import(args)?),
     }
 }

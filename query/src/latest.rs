@@ -328,14 +328,28 @@ impl LastValues {
         done
     }
 
-    /// Forgets what the cache holds of `table` and reads it again like the warm-up
-    /// does: after a delete, so that the newest values of deleted rows are not shown.
-    /// A series whose newest row is older than `window` before the table's newest row
-    /// is missing until it writes again. Blocking.
-    pub fn reload(&self, store: &Store, table: &str, window: Duration) -> WarmUp {
+    /// After a delete in `table` of the series whose tags equal all of `tags`: reads
+    /// the table again like the warm-up does (so the newest values of deleted rows are
+    /// not shown, and the values before them are), and puts back what it held of every
+    /// other series, which the delete did not touch (a series quiet for longer than
+    /// `window` would otherwise be missing until it writes again). Blocking.
+    pub fn reload_after_delete(
+        &self,
+        store: &Store,
+        table: &str,
+        tags: &[(String, String)],
+        window: Duration,
+    ) -> WarmUp {
+        let kept = store.table_schema(table).and_then(|schema| {
+            let all = self.snapshot(table, &schema, &LatestFilter::all()).ok()??;
+            untouched(&all, tags).ok()
+        });
         self.shared.tables.write().remove(table);
         let mut done = WarmUp::default();
         self.warm_table(store, table, window, now_ns(), &mut done);
+        if let Some(kept) = kept {
+            self.merge(table, &kept, Ties::CacheWins);
+        }
         done
     }
 
@@ -397,6 +411,24 @@ impl LastValues {
         }
         true
     }
+}
+
+/// The rows of a snapshot whose series a delete of `tags` did not name.
+fn untouched(batch: &RecordBatch, tags: &[(String, String)]) -> Result<RecordBatch, ArrowError> {
+    let mut named = vec![true; batch.num_rows()];
+    for (tag, value) in tags {
+        let Some(column) = batch.column_by_name(tag) else {
+            // The table has no such tag: the delete named no series of it.
+            return Ok(batch.clone());
+        };
+        let strings = arrow::compute::cast(column, &DataType::Utf8)?;
+        let strings = strings.as_string::<i32>();
+        for (row, named) in named.iter_mut().enumerate() {
+            *named &= strings.is_valid(row) && strings.value(row) == value;
+        }
+    }
+    let keep: arrow::array::BooleanArray = named.iter().map(|n| Some(!n)).collect();
+    arrow::compute::filter_record_batch(batch, &keep)
 }
 
 /// Marks the cache warm when dropped.

@@ -37,6 +37,10 @@ use crate::wal::sync_dir;
 /// block, so it costs one GET (two when the footer is in a second block).
 const BLOCK_SIZE: u64 = 4 * 1024 * 1024;
 
+/// Blocks one reader keeps between reads (16 MiB): enough for a footer and the column
+/// chunks a forward read is in.
+const CACHED_BLOCKS: usize = 4;
+
 /// The object storage of a store: a cheap handle, clones share one backend.
 #[derive(Debug, Clone)]
 pub(crate) struct ObjectStorage {
@@ -513,8 +517,10 @@ pub(crate) struct RemoteObject {
     s3: Arc<S3>,
     path: String,
     size: u64,
-    /// Block index to its bytes. A reader lives for one file read, so keeping every
-    /// block fetched costs at most the file's size, which the decoded batches exceed.
+    /// Block index to its bytes: at most [`CACHED_BLOCKS`] besides the ones a read
+    /// needs at once, so a compaction streaming 32 inputs does not end up holding each
+    /// input whole (a scan reads forward, and a block dropped too early is fetched
+    /// again, not lost).
     blocks: Mutex<HashMap<u64, Bytes>>,
 }
 
@@ -539,6 +545,14 @@ impl RemoteObject {
                         .into(),
                     }),
                 });
+            }
+            // Make room first: the blocks furthest behind this read go.
+            while cached.len() >= CACHED_BLOCKS {
+                let Some(&oldest) = cached.keys().filter(|b| !(first..=last).contains(*b)).min()
+                else {
+                    break;
+                };
+                cached.remove(&oldest);
             }
             for b in first..=last {
                 let from = ((b - first) * BLOCK_SIZE) as usize;

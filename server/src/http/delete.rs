@@ -135,19 +135,22 @@ pub(crate) async fn delete(
     let window = state.engine().config().latest_warmup;
     let tombstones = tokio::task::spawn_blocking(move || {
         let tombstones = rollups.with_refresh_paused(|| {
+            // Marked first (and saved): a crash between the two leaves a mark without
+            // a delete, which only recomputes the buckets; the other way round the
+            // kept part of the end buckets would stay hidden.
+            for target in targets.iter().filter(|t| t.rolled_up) {
+                mark_ends(&store, &rollups, &target.predicate.table, range);
+            }
             let mut tombstones = Vec::with_capacity(targets.len());
             for target in &targets {
                 tombstones.push(store.delete(target.predicate.clone())?);
-            }
-            for target in targets.iter().filter(|t| t.rolled_up) {
-                mark_ends(&store, &rollups, &target.predicate.table, range);
             }
             Ok::<_, storage::Error>(tombstones)
         })?;
         // The last-value cache would go on showing the newest values of the deleted
         // rows: it reads the tables again, which no longer have them.
         for tombstone in &tombstones {
-            latest.reload(&store, &tombstone.table, window);
+            latest.reload_after_delete(&store, &tombstone.table, &tombstone.tags, window);
         }
         Ok::<_, storage::Error>(tombstones)
     })

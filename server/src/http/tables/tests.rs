@@ -439,6 +439,60 @@ async fn delete_hides_one_sites_rows_and_rollups_at_once_and_compaction_removes_
     app.finish().await;
 }
 
+/// The last-value cache is read again after a delete, but only over the warm-up window
+/// before the table's newest row: a series quiet for longer must keep its values unless
+/// the delete named it (found in review: deleting nothing of s1 emptied s2).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_delete_keeps_the_last_values_of_series_it_did_not_name() {
+    let app = TestApp::new().await;
+    let token = admin(&app).await;
+    const DAY_S: i64 = 86_400;
+    let jan1 = JAN1;
+    app.write_lp(
+        &token,
+        &format!(
+            "plant,site_id=s2 power_w=2 {jan1}\nplant,site_id=s1 power_w=1 {}\nplant,site_id=s3 power_w=3 {}\n",
+            jan1 + 3 * DAY_S,
+            jan1 + 3 * DAY_S
+        ),
+    )
+    .await;
+    let latest = "SELECT site_id, power_w FROM plant_latest ORDER BY site_id";
+    let all = json!([
+        {"site_id": "s1", "power_w": 1.0},
+        {"site_id": "s2", "power_w": 2.0},
+        {"site_id": "s3", "power_w": 3.0}
+    ]);
+    assert_eq!(sql(&app, &token, latest).await, all);
+    // A delete of s1 in 2020 deletes nothing; s2 is three days older than the newest
+    // row, outside the one-day warm-up window.
+    let answer = call(
+        &app,
+        &token,
+        "POST",
+        "/api/v1/delete",
+        Some(json!({"table": "plant", "tags": {"site_id": "s1"}, "from": "2020-01-01T00:00:00Z", "to": "2020-01-02T00:00:00Z"})),
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+    assert_eq!(sql(&app, &token, latest).await, all);
+    // Deleting s3 for good removes it, and only it.
+    let answer = call(
+        &app,
+        &token,
+        "POST",
+        "/api/v1/delete",
+        Some(json!({"table": "plant", "tags": {"site_id": "s3"}})),
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+    assert_eq!(
+        sql(&app, &token, latest).await,
+        json!([{"site_id": "s1", "power_w": 1.0}, {"site_id": "s2", "power_w": 2.0}])
+    );
+    app.finish().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn delete_of_a_table_with_no_tags_and_unbounded_times() {
     let app = TestApp::new().await;

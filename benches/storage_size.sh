@@ -14,7 +14,7 @@
 #   - `GET /api/v1/tables/size_meter`: Parquet files, bytes and rows as snapshots left them;
 #   - `POST /api/v1/admin/compact` until nothing is left to merge, and the same again;
 #   - `gridlake export --format csv` and `--format parquet` of the whole table.
-# Line-protocol bytes are the load tool's count of what it sent (bytes per row × rows).
+# Line-protocol bytes are the load tool's count of what it sent (to 0.1 MB).
 # A value is one field of one row (tags and time are not counted as values).
 # KEEP=1 keeps the scratch directory.
 set -euo pipefail
@@ -84,7 +84,8 @@ start_server
 "$LOAD_BIN" write --url "$url" --table-prefix size_ --devices "$DEVICES" \
     --interval "$INTERVAL" --start "$START" --seconds "$WRITE_SECONDS" > "$work/write.out"
 grep -E '^(bytes|rows|acked)' "$work/write.out" || true
-lp_bytes_per_row=$(sed -n 's/.*of line protocol (\([0-9]*\) bytes\/row).*/\1/p' "$work/write.out")
+# "rows: N acknowledged (787.2 MB of line protocol, ...)": 0.1 MB of rounding.
+lp_mb=$(sed -n 's/^rows:.*(\([0-9.]*\) MB of line protocol.*/\1/p' "$work/write.out")
 stop_server
 start_server
 
@@ -113,5 +114,6 @@ echo "compaction: $pass passes, ${elapsed} s"
 "$GRIDLAKE_BIN" export --table size_meter --format parquet --output "$work/export.parquet" > /dev/null 2>&1
 report "CSV export (typed header)" "$(stat -c %s "$work/export.csv")"
 report "Parquet export (one file)" "$(stat -c %s "$work/export.parquet")"
-report "line protocol sent (${lp_bytes_per_row} B/row)" "$((lp_bytes_per_row * rows))"
-echo "load: rows=$rows values=$values parquet_bytes=$bytes parquet_bytes_compacted=$bytes_after files=$files files_compacted=$files_after csv_bytes=$(stat -c %s "$work/export.csv") lp_bytes=$((lp_bytes_per_row * rows))"
+lp_bytes=$(python3 -c "print(round(float('$lp_mb') * 1e6))")
+report "line protocol sent" "$lp_bytes"
+echo "load: rows=$rows values=$values parquet_bytes=$bytes parquet_bytes_compacted=$bytes_after files=$files files_compacted=$files_after csv_bytes=$(stat -c %s "$work/export.csv") lp_bytes=$lp_bytes"

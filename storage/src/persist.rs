@@ -105,12 +105,33 @@ pub(crate) fn partition_dir(table: &str, day_name: &str) -> String {
     format!("tables/{table}/{day_name}")
 }
 
-/// How every Parquet file of `schema` is written: ZSTD at the configured level, row
-/// groups of the configured size, sorted by the tags in table order (nulls first) then
-/// time, and each column in the encoding that suits its values.
+/// How a snapshot writes the Parquet files of `schema`: ZSTD at the configured level,
+/// row groups of the configured size, sorted by the tags in table order (nulls first)
+/// then time, and each column in the encoding that suits its values.
 pub(crate) fn writer_properties(
     schema: &TableSchema,
     config: &StoreConfig,
+) -> Result<WriterProperties> {
+    properties(schema, config, false)
+}
+
+/// How compaction writes its outputs: as [`writer_properties`], but measurements try a
+/// dictionary first. Meter readings come in fixed steps (0.1 W, 1 Wh, 0.1 V), so a
+/// column chunk often holds few distinct values and a dictionary halves it; where it
+/// does not, the writer falls back to the snapshot's encoding once the dictionary page
+/// is full. That costs a hash per value, which the write path cannot afford (it showed
+/// in profiles) and compaction, off that path, can.
+pub(crate) fn compacted_writer_properties(
+    schema: &TableSchema,
+    config: &StoreConfig,
+) -> Result<WriterProperties> {
+    properties(schema, config, true)
+}
+
+fn properties(
+    schema: &TableSchema,
+    config: &StoreConfig,
+    measurement_dictionaries: bool,
 ) -> Result<WriterProperties> {
     let sorting: Vec<SortingColumn> = schema
         .tag_positions()
@@ -128,22 +149,26 @@ pub(crate) fn writer_properties(
         .set_max_row_group_row_count(Some(config.parquet_row_group_rows.max(1)))
         .set_sorting_columns(Some(sorting))
         .set_dictionary_enabled(true);
-    // Dictionaries pay off for tags and text; measurements and times are nearly all
-    // distinct, so trying a dictionary first only costs a hash per value (it showed in
-    // profiles) before falling back. Times sorted within a series delta-encode well;
-    // floats compress better with their bytes split into streams.
+    // Dictionaries pay off for tags and text. Times sorted within a series
+    // delta-encode well; floats compress better with their bytes split into streams.
+    // With a dictionary enabled, the encoding set here is its fallback.
     for c in schema.columns() {
         let path = ColumnPath::from(c.name.as_str());
         match c.kind {
             ColumnKind::Tag | ColumnKind::Field(FieldType::String) => {}
-            ColumnKind::Time | ColumnKind::Field(FieldType::I64 | FieldType::U64) => {
+            ColumnKind::Time => {
                 props = props
                     .set_column_dictionary_enabled(path.clone(), false)
                     .set_column_encoding(path, Encoding::DELTA_BINARY_PACKED);
             }
+            ColumnKind::Field(FieldType::I64 | FieldType::U64) => {
+                props = props
+                    .set_column_dictionary_enabled(path.clone(), measurement_dictionaries)
+                    .set_column_encoding(path, Encoding::DELTA_BINARY_PACKED);
+            }
             ColumnKind::Field(FieldType::F64) => {
                 props = props
-                    .set_column_dictionary_enabled(path.clone(), false)
+                    .set_column_dictionary_enabled(path.clone(), measurement_dictionaries)
                     .set_column_encoding(path, Encoding::BYTE_STREAM_SPLIT);
             }
             ColumnKind::Field(FieldType::Bool) => {

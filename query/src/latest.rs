@@ -415,20 +415,9 @@ impl LastValues {
 
 /// The rows of a snapshot whose series a delete of `tags` did not name.
 fn untouched(batch: &RecordBatch, tags: &[(String, String)]) -> Result<RecordBatch, ArrowError> {
-    let mut named = vec![true; batch.num_rows()];
-    for (tag, value) in tags {
-        let Some(column) = batch.column_by_name(tag) else {
-            // The table has no such tag: the delete named no series of it.
-            return Ok(batch.clone());
-        };
-        let strings = arrow::compute::cast(column, &DataType::Utf8)?;
-        let strings = strings.as_string::<i32>();
-        for (row, named) in named.iter_mut().enumerate() {
-            *named &= strings.is_valid(row) && strings.value(row) == value;
-        }
-    }
-    let keep: arrow::array::BooleanArray = named.iter().map(|n| Some(!n)).collect();
-    arrow::compute::filter_record_batch(batch, &keep)
+    let named =
+        storage::rows_with_tags(batch, tags).map_err(|e| ArrowError::ExternalError(Box::new(e)))?;
+    arrow::compute::filter_record_batch(batch, &arrow::compute::not(&named)?)
 }
 
 /// Marks the cache warm when dropped.

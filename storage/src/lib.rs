@@ -38,7 +38,7 @@ pub use schema::{COLUMN_ROLE_KEY, ColumnDef, ColumnKind, TableSchema};
 pub use store::{
     CompactionStats, PreparedWrite, Store, StoreStats, TableStats, WriteObserver, WriteReceipt,
 };
-pub use tombstone::{DeletePredicate, Tombstone};
+pub use tombstone::{DeletePredicate, Tombstone, rows_with_tags};
 pub use types::{
     FieldType, FieldValue, LineError, ParsedLine, Row, TIME_COLUMN, TableWrite, TimeRange,
     WriteBatch,

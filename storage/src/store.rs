@@ -438,11 +438,13 @@ impl Store {
                 errors.extend(lines.iter().map(|l| LineError::new(l.line, reason.clone())));
                 continue;
             }
-            let lines = match self.shared.expiry(&table) {
-                Some(cutoff) if lines.iter().any(|l| l.row.time < cutoff) => {
+            let cutoff = self
+                .retention(&table)
+                .map(|ttl| (ttl, lifecycle::cutoff(lifecycle::now_ns(), ttl)));
+            let lines = match cutoff {
+                Some((ttl, cutoff)) if lines.iter().any(|l| l.row.time < cutoff) => {
                     let (kept, expired): (Vec<_>, Vec<_>) =
                         lines.into_iter().partition(|l| l.row.time >= cutoff);
-                    let ttl = self.retention(&table).unwrap_or_default();
                     errors.extend(expired.iter().map(|l| {
                         LineError::new(
                             l.line,
@@ -650,7 +652,7 @@ impl Store {
     /// Snapshots the whole write buffer to Parquet and waits until the files are in the
     /// catalog. Blocking.
     pub fn persist_now(&self) -> Result<()> {
-        self.control(Command::Persist)
+        self.request(Command::Persist)
     }
 
     /// Stops taking writes, commits the ones already queued, persists the buffer and
@@ -664,7 +666,7 @@ impl Store {
         if let Some(stop) = self.handle.stop_compaction.lock().take() {
             let _ = stop.send(());
         }
-        let result = self.control(Command::Shutdown);
+        let result = self.request(Command::Shutdown);
         self.handle.persist_tx.lock().take();
         for t in self.handle.threads.lock().drain(..) {
             if t.join().is_err() {
@@ -686,13 +688,7 @@ impl Store {
     /// tag of the table or a range that ends before it starts.
     pub fn delete(&self, predicate: DeletePredicate) -> Result<Tombstone> {
         self.shared.check_delete(&predicate)?;
-        let Some(tx) = &self.handle.tx else {
-            return Err(Error::ReadOnly);
-        };
-        let (ack, rx) = oneshot::channel();
-        tx.send(Command::Delete(predicate, ack))
-            .map_err(|_| Error::WriterGone)?;
-        block_on(rx).unwrap_or(Err(Error::ShuttingDown))
+        self.request(|ack| Command::Delete(predicate, ack))
     }
 
     /// Deletes not yet applied to every file by compaction.
@@ -774,13 +770,15 @@ impl Store {
         tx.send(job).map_err(|_| Error::WriterGone)
     }
 
-    fn control(&self, make: fn(oneshot::Sender<Result<()>>) -> Command) -> Result<()> {
+    /// Sends the WAL writer a command carrying `make`'s answer channel and waits for
+    /// the answer.
+    fn request<T>(&self, make: impl FnOnce(oneshot::Sender<Result<T>>) -> Command) -> Result<T> {
         let Some(tx) = &self.handle.tx else {
             return Err(Error::ReadOnly);
         };
         let (ack, rx) = oneshot::channel();
         tx.send(make(ack)).map_err(|_| Error::WriterGone)?;
-        WriteReceipt(rx).wait_blocking()
+        block_on(rx).unwrap_or(Err(Error::ShuttingDown))
     }
 }
 

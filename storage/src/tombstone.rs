@@ -66,51 +66,59 @@ impl Tombstone {
     }
 
     /// The rows of `batch` the tombstone hides (true = hidden). `batch` has a `time`
-    /// column and the table's tag columns by name; a tag column it lacks is null in
-    /// every row, which no predicate value matches.
+    /// column and the table's tag columns by name; see [`rows_with_tags`].
     pub(crate) fn hides(&self, batch: &RecordBatch) -> Result<BooleanArray> {
-        let rows = batch.num_rows();
-        let mut hidden = BooleanBufferBuilder::new(rows);
-        hidden.append_n(rows, true);
-        if let Some(time) = batch.column_by_name(TIME_COLUMN) {
-            let time = time.as_primitive::<arrow::datatypes::TimestampNanosecondType>();
-            for (i, t) in time.iter().enumerate() {
-                if !t.is_some_and(|t| t >= self.min_time && t <= self.max_time) {
-                    hidden.set_bit(i, false);
-                }
-            }
-        }
-        for (tag, value) in &self.tags {
-            let Some(column) = batch.column_by_name(tag) else {
-                return Ok(BooleanArray::from(vec![false; rows]));
-            };
-            match column.data_type() {
-                DataType::Dictionary(_, _) => {
-                    let dict = column.as_dictionary::<Int32Type>();
-                    let values = dict.values().as_string::<i32>();
-                    // Compare each dictionary value once, then look the rows up.
-                    let matching: Vec<bool> = (0..values.len())
-                        .map(|k| values.is_valid(k) && values.value(k) == value)
-                        .collect();
-                    for (i, key) in dict.keys().iter().enumerate() {
-                        if !key.is_some_and(|k| matching[k as usize]) {
-                            hidden.set_bit(i, false);
-                        }
-                    }
-                }
-                _ => {
-                    let strings = arrow::compute::cast(column, &DataType::Utf8)?;
-                    let strings = strings.as_string::<i32>();
-                    for (i, s) in strings.iter().enumerate() {
-                        if s != Some(value.as_str()) {
-                            hidden.set_bit(i, false);
-                        }
-                    }
-                }
-            }
-        }
-        Ok(BooleanArray::new(hidden.finish(), None))
+        let named = rows_with_tags(batch, &self.tags)?;
+        let Some(time) = batch.column_by_name(TIME_COLUMN) else {
+            return Ok(named);
+        };
+        let time = time.as_primitive::<arrow::datatypes::TimestampNanosecondType>();
+        let in_range: BooleanArray = time
+            .iter()
+            .map(|t| Some(t.is_some_and(|t| t >= self.min_time && t <= self.max_time)))
+            .collect();
+        Ok(arrow::compute::and(&named, &in_range)?)
     }
+}
+
+/// The rows of `batch` whose tag columns equal all of `tags` (true = named; every row
+/// when `tags` is empty). A tag column the batch lacks is null in every row, which no
+/// value matches. How a delete selects series, for the store and for the caches that
+/// follow deletes.
+pub fn rows_with_tags(batch: &RecordBatch, tags: &[(String, String)]) -> Result<BooleanArray> {
+    let rows = batch.num_rows();
+    let mut named = BooleanBufferBuilder::new(rows);
+    named.append_n(rows, true);
+    for (tag, value) in tags {
+        let Some(column) = batch.column_by_name(tag) else {
+            return Ok(BooleanArray::from(vec![false; rows]));
+        };
+        match column.data_type() {
+            DataType::Dictionary(_, _) => {
+                let dict = column.as_dictionary::<Int32Type>();
+                let values = dict.values().as_string::<i32>();
+                // Compare each dictionary value once, then look the rows up.
+                let matching: Vec<bool> = (0..values.len())
+                    .map(|k| values.is_valid(k) && values.value(k) == value)
+                    .collect();
+                for (i, key) in dict.keys().iter().enumerate() {
+                    if !key.is_some_and(|k| matching[k as usize]) {
+                        named.set_bit(i, false);
+                    }
+                }
+            }
+            _ => {
+                let strings = arrow::compute::cast(column, &DataType::Utf8)?;
+                let strings = strings.as_string::<i32>();
+                for (i, s) in strings.iter().enumerate() {
+                    if s != Some(value.as_str()) {
+                        named.set_bit(i, false);
+                    }
+                }
+            }
+        }
+    }
+    Ok(BooleanArray::new(named.finish(), None))
 }
 
 /// Removes the rows any of `tombstones` hides from `batch`.

@@ -143,12 +143,6 @@ impl Shared {
         }
     }
 
-    /// The time before which rows of `table` have expired now, if it has a retention.
-    pub(super) fn expiry(&self, table: &str) -> Option<i64> {
-        let ttl = self.retention_in(&self.state.read().catalog, table)?;
-        Some(cutoff(now_ns(), ttl))
-    }
-
     /// Checks a delete before it is queued: the table exists, the tags are its tags.
     pub(super) fn check_delete(&self, predicate: &DeletePredicate) -> Result<()> {
         let schema = self

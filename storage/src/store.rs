@@ -219,6 +219,16 @@ impl WriteReceipt {
     }
 }
 
+/// Sends the persister a job carrying `make`'s answer channel and waits for the answer.
+fn ask_persister<T>(
+    tx: &Sender<PersistJob>,
+    make: impl FnOnce(oneshot::Sender<Result<T>>) -> PersistJob,
+) -> Result<T> {
+    let (ack, rx) = oneshot::channel();
+    tx.send(make(ack)).map_err(|_| Error::WriterGone)?;
+    block_on(rx).unwrap_or(Err(Error::ShuttingDown))
+}
+
 /// Blocks on a oneshot without an async runtime. Written by hand because a oneshot
 /// receiver is the only future we ever block on, and pulling in an executor crate for
 /// it would be heavier than these lines.
@@ -730,9 +740,9 @@ impl Store {
                 "the retention of table {table:?} must be longer than zero"
             )));
         }
-        let (ack, rx) = oneshot::channel();
-        self.persist_job(PersistJob::Retention(table.to_owned(), ttl, ack))?;
-        block_on(rx).unwrap_or(Err(Error::ShuttingDown))
+        ask_persister(&self.persister()?, |ack| {
+            PersistJob::Retention(table.to_owned(), ttl, ack)
+        })
     }
 
     /// Runs one compaction pass now, on this thread: drops expired files, merges the
@@ -745,13 +755,7 @@ impl Store {
     /// [`Store::compact_now`] as if the time were `now_ns` (retention and
     /// `compaction_delay` are measured from it). For tests and tools.
     pub fn compact_at(&self, now_ns: i64) -> Result<CompactionStats> {
-        let tx = self
-            .handle
-            .persist_tx
-            .lock()
-            .clone()
-            .ok_or(Error::ReadOnly)?;
-        self.shared.compaction_pass(&tx, now_ns)
+        self.shared.compaction_pass(&self.persister()?, now_ns)
     }
 
     /// Files, bytes, rows and time span of a table; `None` when there is no such table.
@@ -764,10 +768,9 @@ impl Store {
         self.shared.objects.describe()
     }
 
-    fn persist_job(&self, job: PersistJob) -> Result<()> {
-        let guard = self.handle.persist_tx.lock();
-        let tx = guard.as_ref().ok_or(Error::ReadOnly)?;
-        tx.send(job).map_err(|_| Error::WriterGone)
+    /// The persister's queue, for catalog changes asked for from outside it.
+    fn persister(&self) -> Result<Sender<PersistJob>> {
+        self.handle.persist_tx.lock().clone().ok_or(Error::ReadOnly)
     }
 
     /// Sends the WAL writer a command carrying `make`'s answer channel and waits for

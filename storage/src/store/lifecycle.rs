@@ -287,15 +287,6 @@ impl Shared {
         Ok(true)
     }
 
-    /// Sends a swap to the persister and waits for its answer.
-    fn swap(&self, persist_tx: &Sender<PersistJob>, swap: Swap) -> Result<bool> {
-        let (ack, rx) = oneshot::channel();
-        persist_tx
-            .send(PersistJob::Swap(swap, ack))
-            .map_err(|_| Error::WriterGone)?;
-        block_on(rx).unwrap_or(Err(Error::ShuttingDown))
-    }
-
     /// One pass: drop expired files, merge what the plan picks, delete replaced files
     /// no scan holds. One pass at a time (the background thread and `compact_now`).
     pub(super) fn compaction_pass(
@@ -337,7 +328,7 @@ impl Shared {
             // On an error the catalog on disk may or may not name the outputs (a
             // save that failed after its rename): they are left for the next start,
             // which removes them if they are orphans.
-            if self.swap(persist_tx, swap)? {
+            if ask_persister(persist_tx, |ack| PersistJob::Swap(swap, ack))? {
                 failpoint("compact-after-swap");
                 stats.runs += 1;
                 stats.files_in += job.files.len();
@@ -428,7 +419,7 @@ impl Shared {
             // On an error the catalog on disk may or may not name the outputs (a
             // save that failed after its rename): they are left for the next start,
             // which removes them if they are orphans.
-            if self.swap(persist_tx, swap)? {
+            if ask_persister(persist_tx, |ack| PersistJob::Swap(swap, ack))? {
                 stats.expired_files += count;
                 self.metrics.expired_files.inc_by(count as u64);
                 tracing::info!(%table, files = count, ?ttl, "dropped expired files");

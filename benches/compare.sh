@@ -17,6 +17,8 @@
 # (token, registry lookups, last-seen) it measures what access control costs a write.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=benches/common.sh
+. benches/common.sh
 
 # bash counts $SECONDS up from the value it inherits; the environment keeps the original.
 RUN_SECONDS=$(printenv SECONDS || echo 30)    # seconds of writing per server
@@ -51,7 +53,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 package_version() { dpkg-query -W -f='${Version}' "$1" 2> /dev/null || echo unknown; }
 
 load_flags=(--seconds "$RUN_SECONDS" --devices "$DEVICES" --batch "$BATCH"
@@ -62,13 +63,6 @@ echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -
 echo "parameters: SECONDS=$RUN_SECONDS DEVICES=$DEVICES BATCH=$BATCH CONNECTIONS=$CONNECTIONS GZIP=$GZIP GENERATORS=$GENERATORS SERVERS=\"$SERVERS\""
 echo "load tool: $LOAD_BIN (the client shares the cores with each server)"
 echo
-
-# An admin API token for the gridlake whose data directory is $1, made the way the
-# README makes the first one (straight into the side store, before the server starts).
-admin_token() {
-    "$GRIDLAKE_BIN" token create --data-dir "$1" --name bench --scope admin \
-        | sed -n 's/.*"token":"\(glk_[^"]*\)".*/\1/p'
-}
 
 # Starts server $1 on a free port with data in $work/$1; sets server_pid, url, target,
 # data_dir and load_env (what the load tool needs in its environment: gridlake's token).
@@ -83,8 +77,7 @@ start_server() {
         gridlake)
             target=gridlake
             echo "gridlake: $GRIDLAKE_BIN ($("$GRIDLAKE_BIN" --version))"
-            token=$(admin_token "$data_dir")
-            [ -n "$token" ] || { echo "compare.sh: gridlake token create printed no token" >&2; exit 1; }
+            token=$(admin_token "$GRIDLAKE_BIN" "$data_dir") || exit 1
             # In the environment, not on the command line: `ps` shows command lines.
             load_env=(GRIDLAKE_TOKEN="$token")
             "$GRIDLAKE_BIN" serve --data-dir "$data_dir" --http-addr "127.0.0.1:$port" \

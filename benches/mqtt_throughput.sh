@@ -11,6 +11,8 @@
 # Prints every parameter, the machine and one line per measurement.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=benches/common.sh
+. benches/common.sh
 
 BIN=${GRIDLAKE_BIN:-target/release/gridlake}
 MESSAGES=${MESSAGES:-100000}       # MQTT messages per run
@@ -28,7 +30,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 now() { date +%s.%N; }
 
 port=$(free_port)
@@ -74,9 +75,7 @@ echo "mosquitto_sub alone: $readings readings in $(echo "$t1 - $t0" | bc -l | xa
     > "$work/gridlake.toml"
 # An admin token for the SQL count, made the way the README makes the first one (straight
 # into the side store, before the server starts).
-token=$("$BIN" token create --data-dir "$work/data" --name bench --scope admin \
-    | sed -n 's/.*"token":"\(glk_[^"]*\)".*/\1/p')
-[ -n "$token" ] || { echo "gridlake token create printed no token" >&2; exit 1; }
+token=$(admin_token "$BIN" "$work/data") || exit 1
 "$BIN" serve --config "$work/gridlake.toml" --data-dir "$work/data" --http-addr 127.0.0.1:0 \
     > "$work/serve.out" 2> "$work/serve.log" &
 server=$!

@@ -19,6 +19,8 @@
 # KEEP=1 keeps the scratch directory.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=benches/common.sh
+. benches/common.sh
 
 GRIDLAKE_BIN=${GRIDLAKE_BIN:-target/release/gridlake}
 LOAD_BIN=${LOAD_BIN:-target/release/gridlake-load}
@@ -39,13 +41,11 @@ cleanup() {
 }
 trap cleanup EXIT
 
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+port=$(free_port)
 url=http://127.0.0.1:$port
 data_dir=$work/data
 mkdir -p "$data_dir"
-GRIDLAKE_TOKEN=$("$GRIDLAKE_BIN" token create --data-dir "$data_dir" --name bench --scope admin \
-    | sed -n 's/.*"token":"\(glk_[^"]*\)".*/\1/p')
-[ -n "$GRIDLAKE_TOKEN" ] || { echo "storage_size.sh: gridlake token create printed no token" >&2; exit 1; }
+GRIDLAKE_TOKEN=$(admin_token "$GRIDLAKE_BIN" "$data_dir") || exit 1
 # In the environment, not on command lines: `ps` shows command lines.
 export GRIDLAKE_TOKEN GRIDLAKE_URL=$url
 export GRIDLAKE_STORAGE_COMPACTION_INTERVAL=0s GRIDLAKE_QUERY_ROLLUP_REFRESH_INTERVAL=0s

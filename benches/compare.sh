@@ -186,8 +186,9 @@ during the run (cores = CPU seconds per wall second); rss_MiB is the largest VmR
 sampled every 100 ms; bytes/val is the whole data directory after a graceful stop
 divided by acknowledged field values (parquet_b/v: gridlake's tables/ alone). After a
 short run InfluxDB still holds WAL segments and first-level TSM files, and
-VictoriaMetrics small parts, that later compactions shrink; gridlake's Parquet files are
-final. Longer runs (SECONDS=60 and more) show their steady state better.
+VictoriaMetrics small parts, that later compactions shrink; so do gridlake's snapshot
+files, which its compaction merges and re-encodes (benches/storage_size.sh measures by how
+much). Longer runs (SECONDS=60 and more) show their steady state better.
 Ratios are gridlake's figure over the peer's: above 1 means more (better for rows/s, worse
 for latency, CPU, memory and bytes).
 NOTE

@@ -53,6 +53,30 @@ impl Answer {
     pub(crate) fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
+
+    /// The `(field, message)` pairs of a 422, in order; fails unless the answer is a
+    /// 422 with an `error` text and a non-empty message for every field.
+    pub(crate) fn validation_errors(&self) -> Vec<(String, String)> {
+        assert_eq!(
+            self.status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{}",
+            self.text()
+        );
+        let body = self.json();
+        assert!(body["error"].is_string(), "{body}");
+        body["fields"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no fields: {body}"))
+            .iter()
+            .map(|f| {
+                let message = f["message"].as_str().unwrap_or_default();
+                assert!(!message.is_empty(), "{f}");
+                let field = f["field"].as_str().expect("field name");
+                (field.to_owned(), message.to_owned())
+            })
+            .collect()
+    }
 }
 
 impl TestApp {

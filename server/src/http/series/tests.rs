@@ -74,17 +74,10 @@ fn assert_close(got: &[Option<f64>], want: &[Option<f64>], context: &str) {
 
 /// The fields a 422 names, in order.
 fn fields(answer: &Answer) -> Vec<String> {
-    assert_eq!(
-        answer.status,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "{}",
-        answer.text()
-    );
-    answer.json()["fields"]
-        .as_array()
-        .unwrap_or_else(|| panic!("no fields: {}", answer.text()))
-        .iter()
-        .map(|f| f["field"].as_str().expect("field").to_owned())
+    answer
+        .validation_errors()
+        .into_iter()
+        .map(|(field, _)| field)
         .collect()
 }
 

@@ -52,23 +52,10 @@ async fn refresh_rollups(app: &TestApp) {
 
 /// The fields of a 422, as `field: message` lines.
 fn fields(answer: &Answer) -> Vec<String> {
-    assert_eq!(
-        answer.status,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "{}",
-        answer.text()
-    );
-    answer.json()["fields"]
-        .as_array()
-        .unwrap_or_else(|| panic!("no fields: {}", answer.text()))
-        .iter()
-        .map(|f| {
-            format!(
-                "{}: {}",
-                f["field"].as_str().unwrap(),
-                f["message"].as_str().unwrap()
-            )
-        })
+    answer
+        .validation_errors()
+        .into_iter()
+        .map(|(field, message)| format!("{field}: {message}"))
         .collect()
 }
 

@@ -337,7 +337,9 @@ async fn expired_sessions_and_revoked_tokens_are_refused() {
     let (_, short) = app
         .crm
         .sessions()
-        .create(user.id, Duration::from_millis(20))
+        // Long enough that the first request is surely inside it on a loaded CI
+        // machine (20 ms was not: the suite saw a 401 there once).
+        .create(user.id, Duration::from_secs(2))
         .await
         .unwrap();
     assert_eq!(
@@ -346,7 +348,7 @@ async fn expired_sessions_and_revoked_tokens_are_refused() {
             .status,
         StatusCode::OK
     );
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    tokio::time::sleep(Duration::from_millis(2_100)).await;
     let expired = app.call("GET", "/api/v1/auth/me", Some(&short), None).await;
     assert_eq!(expired.status, StatusCode::UNAUTHORIZED);
     assert!(
